@@ -1,0 +1,66 @@
+"""Documented defaults for every setting the plugin reads.
+
+Nothing here is a secret. Every name is also an environment variable of the same name, and the
+environment wins over this file; ``create_app(overrides)`` wins over both (tests, the demo).
+``wecom_plugin.settings`` parses and validates the merged values; ``config/example.env`` lists them
+with one line each.
+"""
+
+# --- Mode -----------------------------------------------------------------------------------------
+# Sandbox mode: talk to the bundled WeCom emulator, need no secrets, refuse the real WeCom API.
+WECOM_SANDBOX = "false"
+
+# --- Database ------------------------------------------------------------------------------------
+# Empty means a SQLite file in the instance folder (instance/wecom-plugin.sqlite3), WAL mode.
+DATABASE_URL = ""
+# Seconds a SQLite connection waits for a lock before giving up (busy_timeout).
+SQLITE_BUSY_TIMEOUT = "30"
+
+# --- WeCom -----------------------------------------------------------------------------------------
+WECOM_API_BASE_URL = "https://qyapi.weixin.qq.com/cgi-bin/"
+# Base URL used in sandbox mode when WECOM_API_BASE_URL is not set (the emulator's default port).
+WECOM_SANDBOX_API_BASE_URL = "http://127.0.0.1:8790/cgi-bin/"
+# Callback freshness window in seconds; 0 disables the check (warned about outside the sandbox).
+WECOM_CALLBACK_MAX_SKEW = "300"
+WECOM_TIMEZONE = "Asia/Shanghai"
+# small | medium | large: WeCom's hourly appchat message caps depend on the corp's size.
+WECOM_CORP_SIZE = "small"
+
+# --- Background runtime ----------------------------------------------------------------------------
+# Seconds a claimed job (or inbox row, or occurrence) stays leased without a heartbeat.
+JOB_LEASE_SECONDS = "60"
+# How many jobs a worker claims in one statement.
+WORKER_BATCH_SIZE = "20"
+# Seconds an idle worker sleeps between polls.
+WORKER_POLL_INTERVAL = "1.0"
+# Default attempt budget for jobs that do not declare their own.
+JOB_MAX_ATTEMPTS = "5"
+# Seconds between clock ticks.
+CLOCK_TICK_SECONDS = "5"
+# Seconds after which a worker or clock heartbeat counts as stale on /status.
+HEARTBEAT_STALE_SECONDS = "120"
+# Extra modules that register job handlers and periodic definitions (comma separated).
+WECOM_PLUGIN_JOB_MODULES = ""
+
+# --- Retention ---------------------------------------------------------------------------------------
+# Days to keep finished jobs, fired occurrences and processed callback inbox rows. Dead jobs and
+# the audit log are never pruned by this policy.
+RETENTION_DAYS = "30"
+
+# --- Alerts ----------------------------------------------------------------------------------------
+# Optional generic webhook (outside WeCom) that receives every new alert as JSON.
+ALERT_WEBHOOK_URL = ""
+# WeCom userids (comma separated) who receive alerts as app messages.
+ALERT_WECOM_USERIDS = ""
+
+# --- Machine API -----------------------------------------------------------------------------------
+# Requests per minute per API client, shared across all web workers.
+API_RATE_LIMIT_PER_MINUTE = "120"
+# Seconds an HMAC-signed request's timestamp may differ from ours.
+API_HMAC_MAX_SKEW = "300"
+# Number of trusted reverse proxies in front of the web tier (werkzeug ProxyFix x_for/x_proto).
+PROXY_FIX_X_FOR = "0"
+PROXY_FIX_X_PROTO = "0"
+
+# --- Logging ---------------------------------------------------------------------------------------
+LOG_LEVEL = "INFO"

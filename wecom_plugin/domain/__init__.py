@@ -1,0 +1,1 @@
+"""Rules: pure Python, deterministic, the clock passed in. No Flask, no SQLAlchemy, no HTTP."""

@@ -1,0 +1,261 @@
+"""The worker: claims jobs in batches and runs them.
+
+Any number of workers (processes or threads) can run against one database; the claim primitive
+(:mod:`wecom_plugin.runtime.claim`) hands each job to one of them at a time.
+
+* A lease keeper thread renews the leases of every job this worker holds (its heartbeat) and
+  records the process heartbeat. A worker that is paused past its leases (SIGSTOP, a long GC,
+  a VM freeze) finds them lost when it resumes and makes no further external call for them.
+* SIGTERM (or :meth:`Worker.stop`) lets the running job finish; jobs claimed but not started
+  are handed back at once.
+* Failures follow :mod:`wecom_plugin.errors`: rate limits reschedule without spending an attempt,
+  permanent errors and exhausted budgets go ``dead`` with an alert, the rest retry with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+from wecom_plugin.context import request_id_scope
+from wecom_plugin.domain.retry import backoff_delay
+from wecom_plugin.errors import LeaseLostError, PermanentError, PluginError, RateLimitedError
+from wecom_plugin.extensions import db
+from wecom_plugin.models.claims import ClaimState
+from wecom_plugin.models.dbtime import sql_now
+from wecom_plugin.models.jobs import Job
+from wecom_plugin.runtime import claim, heartbeat, registry
+
+log = logging.getLogger("wecom_plugin.worker")
+
+JOB = Job.__table__
+_JOB_COLUMNS = (JOB.c.name, JOB.c.payload, JOB.c.delivery, JOB.c.max_attempts)
+
+
+def process_id(kind: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Claims and runs jobs. Use :meth:`run` for a loop, :meth:`run_once` in tests."""
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        owner: str | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        lease_seconds: float | None = None,
+        names: Iterable[str] | None = None,
+    ):
+        settings = app.extensions["wecom_settings"]
+        self.app = app
+        self.owner = owner or process_id("worker")
+        self.batch_size = batch_size or settings.worker_batch_size
+        self.poll_interval = poll_interval if poll_interval is not None else settings.worker_poll_interval
+        self.lease_seconds = lease_seconds or settings.job_lease_seconds
+        self._names = list(names) if names is not None else None
+        self._stop = threading.Event()
+        self._held: dict[int, int] = {}  # job id -> fence
+        self._held_lock = threading.Lock()
+        self.jobs_done = 0
+        with app.app_context():
+            self.engine = db.engine
+
+    # --- loop --------------------------------------------------------------------------------
+    def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+        """Loop until stopped (or ``max_jobs`` run, or idle with ``exit_when_idle``)."""
+        keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
+        keeper.start()
+        log.info("worker %s started (batch %s, lease %ss)", self.owner, self.batch_size, self.lease_seconds)
+        try:
+            while not self._stop.is_set():
+                ran = self.run_once()
+                if max_jobs is not None and self.jobs_done >= max_jobs:
+                    break
+                if not ran:
+                    if exit_when_idle:
+                        break
+                    self._stop.wait(self.poll_interval)
+        finally:
+            self._stop.set()
+            keeper.join(timeout=5)
+            with self.app.app_context():
+                heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done, state="stopped")
+            log.info("worker %s stopped after %s jobs", self.owner, self.jobs_done)
+        return self.jobs_done
+
+    def stop(self) -> None:
+        """Finish the running job, hand back the others, then return from :meth:`run`."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def _handler(signum, _frame):
+            log.info("worker %s got signal %s: finishing the current job", self.owner, signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+
+    def run_once(self) -> int:
+        """Claim one batch and run it. Returns how many jobs were claimed."""
+        names = self._names if self._names is not None else registry.known_names()
+        with self.engine.begin() as conn:
+            batch = claim.claim_batch(
+                conn,
+                JOB,
+                owner=self.owner,
+                limit=self.batch_size,
+                lease_seconds=self.lease_seconds,
+                # Only jobs this code knows: during a deploy, old workers leave new job types alone.
+                where=JOB.c.name.in_(names),
+                returning=_JOB_COLUMNS,
+            )
+        with self._held_lock:
+            self._held.update({c.id: c.fence for c in batch})
+        for index, claimed in enumerate(batch):
+            if self._stop.is_set():
+                self._hand_back(batch[index:])
+                break
+            try:
+                self._run(claimed)
+            finally:
+                with self._held_lock:
+                    self._held.pop(claimed.id, None)
+        return len(batch)
+
+    # --- one job ----------------------------------------------------------------------------
+    def _run(self, claimed: claim.Claimed) -> None:
+        from wecom_plugin.jobs.context import JobContext
+
+        row = claimed.row
+        job = _JobView(claimed.id, row.name, row.payload, row.delivery)
+        with self.app.app_context(), request_id_scope(f"job-{claimed.id}"):
+            if claimed.attempts > row.max_attempts:
+                # Claimed again after its lease expired too often: its holders keep dying.
+                self._dead(claimed, job, "lease expired on every attempt (the worker died or hung)")
+                return
+            job_type = registry.get(job.name)
+            ctx = JobContext(self.app, self.engine, job, claimed.fence, claimed.attempts, self.lease_seconds)
+            try:
+                result = job_type.handler(ctx)
+            except LeaseLostError as exc:
+                db.session.rollback()
+                log.warning("job %s (%s): %s; another worker may take it over", claimed.id, job.name, exc)
+                return
+            except RateLimitedError as exc:
+                db.session.rollback()
+                self._rate_limited(claimed, job, exc)
+                return
+            except PermanentError as exc:
+                db.session.rollback()
+                self._dead(claimed, job, _describe(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure of a handler is retried, bounded
+                db.session.rollback()
+                log.warning("job %s (%s) attempt %s failed: %s", claimed.id, job.name, claimed.attempts, _describe(exc))
+                if claimed.attempts >= row.max_attempts:
+                    self._dead(claimed, job, _describe(exc))
+                else:
+                    retry_after = exc.retry_after if isinstance(exc, PluginError) else None
+                    delay = backoff_delay(claimed.attempts, retry_after=retry_after)
+                    self._finish(claimed, state=ClaimState.READY, due_at=sql_now(delay), last_error=_describe(exc))
+                return
+            finally:
+                db.session.remove()
+            if self._finish(
+                claimed,
+                state=ClaimState.DONE,
+                finished_at=sql_now(),
+                result=result if isinstance(result, dict) else None,
+                last_error=None,
+            ):
+                self.jobs_done += 1
+            else:
+                log.warning("job %s (%s) finished but its lease was lost; not recorded", claimed.id, job.name)
+
+    def _rate_limited(self, claimed: claim.Claimed, job: _JobView, exc: RateLimitedError) -> None:
+        # The remote side said "later": come back when the limit lifts, attempt not spent.
+        delay = max(float(exc.retry_after or 0), 1.0)
+        log.info("job %s (%s) rate limited; retrying in %.0fs", claimed.id, job.name, delay)
+        self._finish(
+            claimed,
+            state=ClaimState.READY,
+            due_at=sql_now(delay),
+            attempts=JOB.c.attempts - 1,
+            last_error=_describe(exc),
+        )
+
+    def _dead(self, claimed: claim.Claimed, job: _JobView, why: str) -> None:
+        from wecom_plugin.services.alerts import raise_alert
+
+        with self.engine.begin() as conn:
+            if not claim.finish(
+                conn,
+                JOB,
+                claimed.id,
+                claimed.fence,
+                state=ClaimState.DEAD,
+                finished_at=sql_now(),
+                last_error=why[:2000],
+            ):
+                return
+            raise_alert(
+                f"job.dead:{job.name}",
+                severity="error",
+                title_zh=f"后台任务 {job.name} 多次失败，已停止重试",
+                title_en=f"Background job {job.name} failed permanently",
+                detail={"job_id": claimed.id, "error": why[:500]},
+                session=conn,
+            )
+        log.error("job %s (%s) is dead: %s", claimed.id, job.name, why)
+
+    def _finish(self, claimed: claim.Claimed, **values: Any) -> bool:
+        with self.engine.begin() as conn:
+            return claim.finish(conn, JOB, claimed.id, claimed.fence, **values)
+
+    def _hand_back(self, claimed: list[claim.Claimed]) -> None:
+        for item in claimed:
+            self._finish(item, state=ClaimState.READY, attempts=JOB.c.attempts - 1)
+            with self._held_lock:
+                self._held.pop(item.id, None)
+
+    # --- heartbeat ----------------------------------------------------------------------------
+    def _keep_leases(self) -> None:
+        interval = max(min(self.lease_seconds / 3, 5.0), 0.2)
+        with self.app.app_context():
+            heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done)
+            while not self._stop.wait(interval):
+                with self._held_lock:
+                    held = list(self._held.items())
+                try:
+                    with self.engine.begin() as conn:
+                        lost = claim.renew_many(conn, JOB, held, self.lease_seconds)
+                    for job_id in lost:
+                        log.warning("worker %s lost the lease of job %s", self.owner, job_id)
+                    heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done)
+                except sa.exc.SQLAlchemyError as exc:
+                    # The database is briefly unreachable: leases may lapse, and the fenced
+                    # writes make sure that is safe. Keep trying.
+                    log.warning("worker %s heartbeat failed: %s", self.owner, exc.__class__.__name__)
+
+
+class _JobView:
+    __slots__ = ("id", "name", "payload", "delivery")
+
+    def __init__(self, id: int, name: str, payload: Any, delivery: str):  # noqa: A002
+        self.id, self.name, self.payload, self.delivery = id, name, payload, delivery
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]

@@ -1,0 +1,28 @@
+"""Persistence: SQLAlchemy models grouped by aggregate. No HTTP, no policy.
+
+Importing this package registers every model on the shared metadata (Alembic needs them all).
+"""
+
+from wecom_plugin.models.api_clients import ApiClient, ApiKey, RateCounter
+from wecom_plugin.models.base import Base
+from wecom_plugin.models.claims import ClaimState
+from wecom_plugin.models.jobs import Job, JobStep, Occurrence, ProcessHeartbeat, Schedule
+from wecom_plugin.models.ops import Alert, AuditEvent
+from wecom_plugin.models.people import Person, fold_userid
+
+__all__ = [
+    "Alert",
+    "ApiClient",
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "ClaimState",
+    "Job",
+    "JobStep",
+    "Occurrence",
+    "Person",
+    "ProcessHeartbeat",
+    "RateCounter",
+    "Schedule",
+    "fold_userid",
+]

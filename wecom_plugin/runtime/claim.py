@@ -1,0 +1,116 @@
+"""The one claim primitive.
+
+Every claimable table (jobs today; the callback inbox, membership changes and bulletin sends
+build on jobs or reuse this module) carries :class:`~wecom_plugin.models.claims.ClaimableMixin`
+columns. A row is claimable when it is ``ready`` and due, or ``running`` with an expired lease.
+
+* PostgreSQL: ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``:
+  concurrent claimers skip each other's rows instead of waiting.
+* SQLite: the same UPDATE inside ``BEGIN IMMEDIATE`` (see :mod:`wecom_plugin.database`); the
+  write lock makes the select-and-update atomic. (``with_for_update`` is silently ignored on
+  SQLite, which is how APScheduler's SQLite store double-runs jobs; the write lock is the guard.)
+
+A claim returns the new ``fence`` of each row. Every later write by the holder is conditional on
+``fence = :mine`` and ``state = 'running'``; after a takeover those writes match zero rows.
+All times come from the database clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from wecom_plugin.models.claims import ClaimState
+from wecom_plugin.models.dbtime import sql_now
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row this process now holds."""
+
+    id: int
+    fence: int
+    attempts: int
+    row: sa.Row
+
+
+def claim_batch(
+    conn: sa.Connection,
+    table: sa.Table,
+    *,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    where: sa.ColumnElement[bool] | None = None,
+    returning: Sequence[sa.Column] = (),
+) -> list[Claimed]:
+    """Claim up to ``limit`` due rows of ``table`` for ``owner``, oldest ``due_at`` first.
+
+    Runs in the caller's transaction; the caller commits. Each claim adds one to ``attempts``.
+    """
+    c = table.c
+    now = sql_now()
+    claimable = sa.or_(
+        sa.and_(c.state == ClaimState.READY, c.due_at <= now),
+        sa.and_(c.state == ClaimState.RUNNING, c.lease_expires_at < now),
+    )
+    if where is not None:
+        claimable = sa.and_(claimable, where)
+    candidates = sa.select(c.id).where(claimable).order_by(c.due_at, c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    stmt = (
+        sa.update(table)
+        .where(c.id.in_(candidates.scalar_subquery()))
+        .values(
+            state=ClaimState.RUNNING,
+            lease_owner=owner,
+            fence=c.fence + 1,
+            attempts=c.attempts + 1,
+            lease_expires_at=sql_now(lease_seconds),
+        )
+        .returning(c.id, c.fence, c.attempts, *returning)
+    )
+    rows = conn.execute(stmt).all()
+    claimed = [Claimed(id=r[0], fence=r[1], attempts=r[2], row=r) for r in rows]
+    claimed.sort(key=lambda item: item.id)
+    return claimed
+
+
+def holds(table: sa.Table, row_id: int, fence: int) -> sa.ColumnElement[bool]:
+    """The WHERE clause of every write a holder makes: its row, its fence, still running."""
+    c = table.c
+    return sa.and_(c.id == row_id, c.fence == fence, c.state == ClaimState.RUNNING)
+
+
+def renew(conn: sa.Connection, table: sa.Table, row_id: int, fence: int, lease_seconds: float) -> bool:
+    """Extend a lease that is still valid. False means the lease is lost: stop working on the row.
+
+    A lease that already expired is not revived, even if nobody took the row yet: the holder may
+    have been paused, and another claimer may be about to take it.
+    """
+    stmt = (
+        sa.update(table)
+        .where(holds(table, row_id, fence), table.c.lease_expires_at > sql_now())
+        .values(lease_expires_at=sql_now(lease_seconds))
+    )
+    return conn.execute(stmt).rowcount == 1
+
+
+def renew_many(conn: sa.Connection, table: sa.Table, held: Iterable[tuple[int, int]], lease_seconds: float) -> set[int]:
+    """Heartbeat for a batch of held rows; returns the ids whose lease is lost."""
+    lost = set()
+    for row_id, fence in held:
+        if not renew(conn, table, row_id, fence, lease_seconds):
+            lost.add(row_id)
+    return lost
+
+
+def finish(conn: sa.Connection, table: sa.Table, row_id: int, fence: int, **values: Any) -> bool:
+    """Fenced final write (done, dead, rescheduled). False means another holder owns the row now."""
+    values.setdefault("lease_owner", None)
+    values.setdefault("lease_expires_at", None)
+    return conn.execute(sa.update(table).where(holds(table, row_id, fence)).values(**values)).rowcount == 1

@@ -1,0 +1,105 @@
+"""Job types: name -> handler, delivery semantics and attempt budget.
+
+Handlers are registered with :func:`job_type` by the modules that own the work (built-in jobs
+in :mod:`wecom_plugin.jobs.builtin`; extra modules named in ``WECOM_PLUGIN_JOB_MODULES``).
+Registering is declarative and has no other side effect.
+
+Delivery semantics, chosen per job type:
+
+* ``AT_LEAST_ONCE``: a job whose holder dies is run again after its lease expires. For idempotent
+  work: directory reads, membership changes that re-read state first.
+* ``AT_MOST_ONCE``: each side effect is marked ``sending`` (committed) before it is made; a step a
+  dead holder left in ``sending`` ends ``unknown`` with an alert and is never repeated
+  automatically. For sends that people read.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+AT_LEAST_ONCE = "at_least_once"
+AT_MOST_ONCE = "at_most_once"
+
+Handler = Callable[..., Any]  # handler(ctx: JobContext) -> dict | None
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    handler: Handler
+    delivery: str = AT_LEAST_ONCE
+    max_attempts: int | None = None  # None: JOB_MAX_ATTEMPTS
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PeriodicDefinition:
+    """A schedule declared in code. ``key`` is stable across deploys: it is the occurrence key."""
+
+    key: str
+    job_name: str
+    spec: dict[str, Any]
+    payload: dict[str, Any] = field(default_factory=dict)
+    misfire_grace_seconds: int = 600
+    coalesce: bool = True
+    alert_on_miss: bool = False
+
+
+_JOB_TYPES: dict[str, JobType] = {}
+_PERIODIC_PROVIDERS: list[Callable[[Any], Iterable[PeriodicDefinition]]] = []
+_LOADED_MODULES: set[str] = set()
+
+
+def job_type(
+    name: str, *, delivery: str = AT_LEAST_ONCE, max_attempts: int | None = None
+) -> Callable[[Handler], Handler]:
+    """Decorator registering ``handler`` as the job type ``name``."""
+    if delivery not in (AT_LEAST_ONCE, AT_MOST_ONCE):
+        raise ValueError(f"unknown delivery {delivery!r}")
+
+    def register(handler: Handler) -> Handler:
+        existing = _JOB_TYPES.get(name)
+        if existing is not None and existing.handler is not handler:
+            # Re-importing a module (tests, reloads) re-registers the same function; anything
+            # else is two pieces of code claiming one name.
+            if existing.handler.__qualname__ != handler.__qualname__:
+                raise ValueError(f"job type {name!r} is already registered by {existing.handler!r}")
+        doc = (handler.__doc__ or "").strip().splitlines()
+        _JOB_TYPES[name] = JobType(name, handler, delivery, max_attempts, doc[0] if doc else "")
+        return handler
+
+    return register
+
+
+def periodic_provider(provider: Callable[[Any], Iterable[PeriodicDefinition]]) -> Callable:
+    """Register a function ``provider(settings) -> definitions`` that contributes code schedules
+    (used by extra job modules; the built-in ones are in ``jobs.clock.periodic_definitions``)."""
+    if provider not in _PERIODIC_PROVIDERS:
+        _PERIODIC_PROVIDERS.append(provider)
+    return provider
+
+
+def contributed_periodic_definitions(settings: Any) -> list[PeriodicDefinition]:
+    return [definition for provider in _PERIODIC_PROVIDERS for definition in provider(settings)]
+
+
+def get(name: str) -> JobType:
+    try:
+        return _JOB_TYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown job type {name!r}; known: {', '.join(sorted(_JOB_TYPES))}") from None
+
+
+def known_names() -> list[str]:
+    return sorted(_JOB_TYPES)
+
+
+def load_job_modules(extra: Iterable[str] = ()) -> None:
+    """Import the built-in job modules and any extra ones (``WECOM_PLUGIN_JOB_MODULES``)."""
+    for module in ("wecom_plugin.jobs.builtin", *extra):
+        if module not in _LOADED_MODULES:
+            importlib.import_module(module)
+            _LOADED_MODULES.add(module)

@@ -1,0 +1,1 @@
+"""Use cases: orchestrate domain rules, the WeCom transport and persistence in one transaction."""

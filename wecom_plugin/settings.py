@@ -1,0 +1,390 @@
+"""Strictly parsed, validated settings.
+
+Values come from ``config/default.py``, then the environment, then ``overrides`` (tests, the demo),
+each layer winning over the one before. :func:`load_settings` turns the merged strings into one
+frozen :class:`Settings` and raises :class:`SettingsError` naming the first variable that is
+missing or malformed; the CLI and gunicorn print that one line and exit non-zero.
+
+Sandbox mode (``WECOM_SANDBOX=true``) is for the demo and tests: secrets get throwaway values and
+the process refuses to start against the real WeCom API, so a sandbox can never act on a tenant.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import runpy
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from wecom_plugin.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS_FILE = REPO_ROOT / "config" / "default.py"
+
+REAL_WECOM_HOSTS = ("qyapi.weixin.qq.com",)
+CORP_SIZES = ("small", "medium", "large")
+# Values that appear in docs and examples; a process that finds one of them refuses to start.
+KNOWN_DEFAULT_SECRETS = frozenset({"change-me", "changeme", "secret", "dev", "development", "test"})
+MIN_SECRET_KEY_BYTES = 32
+
+
+class SettingsError(ConfigurationError):
+    """A setting is missing or malformed. ``str()`` is one line naming the variable."""
+
+    def __init__(self, name: str, problem: str):
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name}: {problem}")
+
+
+@dataclass(frozen=True)
+class CallbackKey:
+    """One (token, EncodingAESKey) pair a callback receiver accepts."""
+
+    token: str
+    aes_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the plugin uses, typed. Built only by :func:`load_settings`."""
+
+    sandbox: bool
+    database_url: str
+    sqlite_busy_timeout: float
+    secret_key: str = field(repr=False)
+    corp_id: str
+    agent_id: int
+    app_secret: str = field(repr=False)
+    contact_secret: str | None = field(repr=False)
+    callback_keys: tuple[CallbackKey, ...]
+    contact_callback_keys: tuple[CallbackKey, ...]
+    api_base_url: str
+    callback_max_skew: int
+    timezone: str
+    corp_size: str
+    encryption_key: bytes = field(repr=False)
+    job_lease_seconds: float
+    worker_batch_size: int
+    worker_poll_interval: float
+    job_max_attempts: int
+    clock_tick_seconds: float
+    heartbeat_stale_seconds: float
+    job_modules: tuple[str, ...]
+    retention_days: int
+    alert_webhook_url: str | None
+    alert_wecom_userids: tuple[str, ...]
+    api_rate_limit_per_minute: int
+    api_hmac_max_skew: int
+    proxy_fix_x_for: int
+    proxy_fix_x_proto: int
+    log_level: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def default_values() -> dict[str, str]:
+    """The documented defaults from ``config/default.py``, as strings."""
+    if not DEFAULTS_FILE.is_file():
+        raise SettingsError("config/default.py", f"not found at {DEFAULTS_FILE}")
+    namespace = runpy.run_path(str(DEFAULTS_FILE))
+    return {k: str(v) for k, v in namespace.items() if k.isupper()}
+
+
+def merged_values(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Defaults, then environment variables of the same names, then ``overrides``."""
+    values = default_values()
+    env = os.environ if environ is None else environ
+    known = set(values) | set(_OPTIONAL_NAMES)
+    for name in known:
+        if name in env:
+            values[name] = env[name]
+    for name, value in (overrides or {}).items():
+        values[name] = "" if value is None else str(value)
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    instance_path: str | Path | None = None,
+) -> Settings:
+    """Parse and validate every setting; raise :class:`SettingsError` on the first bad one."""
+    v = _Reader(merged_values(overrides, environ))
+    sandbox = v.boolean("WECOM_SANDBOX")
+    warnings: list[str] = []
+
+    database_url = _database_url(v.text("DATABASE_URL"), instance_path)
+
+    api_base_url = v.text("WECOM_API_BASE_URL")
+    if sandbox and not v.was_set("WECOM_API_BASE_URL"):
+        api_base_url = v.text("WECOM_SANDBOX_API_BASE_URL")
+    api_base_url = _http_url("WECOM_API_BASE_URL", api_base_url)
+    if sandbox and _is_real_wecom(api_base_url):
+        raise SettingsError(
+            "WECOM_API_BASE_URL",
+            "sandbox mode refuses the real WeCom API; point it at the emulator or unset WECOM_SANDBOX",
+        )
+
+    secret_key = v.text("SECRET_KEY")
+    if sandbox and not secret_key:
+        secret_key = secrets.token_urlsafe(32)
+    _check_secret("SECRET_KEY", secret_key, MIN_SECRET_KEY_BYTES)
+
+    corp_id = v.text("WECOM_CORP_ID") or ("wwsandbox0000000001" if sandbox else "")
+    agent_raw = v.text("WECOM_AGENT_ID") or ("1000002" if sandbox else "")
+    app_secret = v.text("WECOM_SECRET") or ("sandbox-app-secret" if sandbox else "")
+    for name, value in (("WECOM_CORP_ID", corp_id), ("WECOM_AGENT_ID", agent_raw), ("WECOM_SECRET", app_secret)):
+        if not value:
+            raise SettingsError(name, "is required (or set WECOM_SANDBOX=true for the sandbox tenant)")
+    agent_id = _integer("WECOM_AGENT_ID", agent_raw, minimum=1)
+
+    callback_keys = _callback_keys(v, "WECOM_CALLBACK", required=not sandbox, sandbox=sandbox)
+    contact_keys = _callback_keys(v, "WECOM_CONTACT_CALLBACK", required=False, sandbox=sandbox)
+
+    max_skew = v.integer("WECOM_CALLBACK_MAX_SKEW", minimum=0)
+    if max_skew == 0 and not sandbox:
+        warnings.append(
+            "WECOM_CALLBACK_MAX_SKEW=0 turns off the callback freshness check: replayed callbacks are accepted"
+        )
+
+    timezone = v.text("WECOM_TIMEZONE")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError("WECOM_TIMEZONE", f"unknown time zone {timezone!r}") from None
+
+    corp_size = v.choice("WECOM_CORP_SIZE", CORP_SIZES)
+
+    encryption_raw = v.text("WECOM_PLUGIN_ENCRYPTION_KEY")
+    if not encryption_raw and sandbox:
+        encryption_raw = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    if not encryption_raw:
+        raise SettingsError(
+            "WECOM_PLUGIN_ENCRYPTION_KEY",
+            "is required: 32 random bytes, url-safe base64 (wecom-plugin keys generate prints one)",
+        )
+    encryption_key = _fernet_key("WECOM_PLUGIN_ENCRYPTION_KEY", encryption_raw)
+
+    alert_webhook = v.text("ALERT_WEBHOOK_URL") or None
+    if alert_webhook:
+        alert_webhook = _http_url("ALERT_WEBHOOK_URL", alert_webhook)
+
+    return Settings(
+        sandbox=sandbox,
+        database_url=database_url,
+        sqlite_busy_timeout=v.number("SQLITE_BUSY_TIMEOUT", minimum=0.0),
+        secret_key=secret_key,
+        corp_id=corp_id,
+        agent_id=agent_id,
+        app_secret=app_secret,
+        contact_secret=v.text("WECOM_CONTACT_SECRET") or None,
+        callback_keys=callback_keys,
+        contact_callback_keys=contact_keys,
+        api_base_url=api_base_url,
+        callback_max_skew=max_skew,
+        timezone=timezone,
+        corp_size=corp_size,
+        encryption_key=encryption_key,
+        job_lease_seconds=v.number("JOB_LEASE_SECONDS", minimum=1.0),
+        worker_batch_size=v.integer("WORKER_BATCH_SIZE", minimum=1, maximum=1000),
+        worker_poll_interval=v.number("WORKER_POLL_INTERVAL", minimum=0.01),
+        job_max_attempts=v.integer("JOB_MAX_ATTEMPTS", minimum=1, maximum=100),
+        clock_tick_seconds=v.number("CLOCK_TICK_SECONDS", minimum=0.05),
+        heartbeat_stale_seconds=v.number("HEARTBEAT_STALE_SECONDS", minimum=1.0),
+        job_modules=v.csv("WECOM_PLUGIN_JOB_MODULES"),
+        retention_days=v.integer("RETENTION_DAYS", minimum=1),
+        alert_webhook_url=alert_webhook,
+        alert_wecom_userids=v.csv("ALERT_WECOM_USERIDS"),
+        api_rate_limit_per_minute=v.integer("API_RATE_LIMIT_PER_MINUTE", minimum=1),
+        api_hmac_max_skew=v.integer("API_HMAC_MAX_SKEW", minimum=1),
+        proxy_fix_x_for=v.integer("PROXY_FIX_X_FOR", minimum=0, maximum=10),
+        proxy_fix_x_proto=v.integer("PROXY_FIX_X_PROTO", minimum=0, maximum=10),
+        log_level=v.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        warnings=tuple(warnings),
+    )
+
+
+# Variables with no entry in config/default.py (secrets and optional pairs): read from the
+# environment all the same.
+_OPTIONAL_NAMES = (
+    "SECRET_KEY",
+    "WECOM_CORP_ID",
+    "WECOM_AGENT_ID",
+    "WECOM_SECRET",
+    "WECOM_CONTACT_SECRET",
+    "WECOM_CALLBACK_TOKEN",
+    "WECOM_CALLBACK_AES_KEY",
+    "WECOM_CALLBACK_TOKEN_2",
+    "WECOM_CALLBACK_AES_KEY_2",
+    "WECOM_CONTACT_CALLBACK_TOKEN",
+    "WECOM_CONTACT_CALLBACK_AES_KEY",
+    "WECOM_CONTACT_CALLBACK_TOKEN_2",
+    "WECOM_CONTACT_CALLBACK_AES_KEY_2",
+    "WECOM_PLUGIN_ENCRYPTION_KEY",
+)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class _Reader:
+    """Typed access to the merged string values; every failure names its variable."""
+
+    def __init__(self, values: Mapping[str, str]):
+        self._values = values
+        self._defaults = default_values()
+
+    def was_set(self, name: str) -> bool:
+        return self._values.get(name, "") != self._defaults.get(name, "")
+
+    def text(self, name: str) -> str:
+        return self._values.get(name, "").strip()
+
+    def boolean(self, name: str) -> bool:
+        raw = self.text(name).lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise SettingsError(name, f"must be true or false, got {raw!r}")
+
+    def integer(self, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+        return _integer(name, self.text(name), minimum, maximum)
+
+    def number(self, name: str, minimum: float | None = None) -> float:
+        raw = self.text(name)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(name, f"must be a number, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SettingsError(name, f"must be a finite number, got {raw!r}")
+        if minimum is not None and value < minimum:
+            raise SettingsError(name, f"must be at least {minimum:g}, got {raw!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        raw = self.text(name)
+        normalized = raw.upper() if choices[0].isupper() else raw.lower()
+        if normalized not in choices:
+            raise SettingsError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+        return normalized
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.text(name).split(",") if part.strip())
+
+
+def _integer(name: str, raw: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        raise SettingsError(name, f"must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SettingsError(name, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(name, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def _database_url(raw: str, instance_path: str | Path | None) -> str:
+    if not raw:
+        folder = Path(instance_path) if instance_path else REPO_ROOT / "instance"
+        return f"sqlite:///{folder / 'wecom-plugin.sqlite3'}"
+    scheme = raw.split(":", 1)[0].lower() if ":" in raw else ""
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        # psycopg 3 is the only PostgreSQL driver we ship; normalise the common spellings to it.
+        return "postgresql+psycopg:" + raw.split(":", 1)[1]
+    if scheme == "sqlite":
+        return raw
+    raise SettingsError(
+        "DATABASE_URL",
+        f"unsupported scheme {scheme or '(none)'!r}; use sqlite:///path or postgresql://user@host/db",
+    )
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(name, f"must be an http(s) URL, got {raw!r}")
+    return raw if raw.endswith("/") or name != "WECOM_API_BASE_URL" else raw + "/"
+
+
+def _is_real_wecom(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == h or host.endswith("." + h) for h in REAL_WECOM_HOSTS) or host.endswith(".qq.com")
+
+
+def _check_secret(name: str, value: str, min_bytes: int) -> None:
+    if not value:
+        raise SettingsError(name, "is required")
+    if value.lower() in KNOWN_DEFAULT_SECRETS:
+        raise SettingsError(name, "is a well-known placeholder; generate a random value")
+    if len(value.encode()) < min_bytes:
+        raise SettingsError(name, f"must be at least {min_bytes} bytes of random data, got {len(value.encode())}")
+
+
+def _callback_keys(v: _Reader, prefix: str, *, required: bool, sandbox: bool) -> tuple[CallbackKey, ...]:
+    """The receiver's primary pair and an optional second pair (key rotation)."""
+    keys: list[CallbackKey] = []
+    for suffix in ("", "_2"):
+        token_name, aes_name = f"{prefix}_TOKEN{suffix}", f"{prefix}_AES_KEY{suffix}"
+        token, aes_key = v.text(token_name), v.text(aes_name)
+        if not token and not aes_key:
+            if suffix == "" and required:
+                raise SettingsError(token_name, "is required (the token of the app's receiving server)")
+            continue
+        if not token:
+            raise SettingsError(token_name, f"is required when {aes_name} is set")
+        if not aes_key:
+            raise SettingsError(aes_name, f"is required when {token_name} is set")
+        _check_token(token_name, token)
+        _check_aes_key(aes_name, aes_key)
+        keys.append(CallbackKey(token=token, aes_key=aes_key))
+    if not keys and sandbox and prefix == "WECOM_CALLBACK":
+        keys.append(CallbackKey(token="sandboxToken", aes_key="s" * 43))  # noqa: S106 - sandbox only
+    return tuple(keys)
+
+
+def _check_token(name: str, token: str) -> None:
+    # WeCom's console accepts 1-32 letters and digits for the receiver token.
+    if not (1 <= len(token) <= 32 and token.isascii() and token.isalnum()):
+        raise SettingsError(name, "must be 1-32 ASCII letters or digits, as WeCom's console generates")
+
+
+def _check_aes_key(name: str, aes_key: str) -> None:
+    # EncodingAESKey is 43 base64 characters that decode (with one '=') to a 32-byte AES-256 key.
+    if len(aes_key) != 43:
+        raise SettingsError(name, f"must be exactly 43 characters, got {len(aes_key)}")
+    try:
+        decoded = base64.b64decode(aes_key + "=", validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError(name, "is not valid base64") from None
+    if len(decoded) != 32:
+        raise SettingsError(name, "does not decode to a 32-byte key")
+
+
+def _fernet_key(name: str, raw: str) -> bytes:
+    try:
+        decoded = base64.urlsafe_b64decode(raw.encode())
+    except (binascii.Error, ValueError):
+        raise SettingsError(name, "must be url-safe base64") from None
+    if len(decoded) != 32:
+        raise SettingsError(name, f"must decode to 32 bytes, got {len(decoded)}")
+    return raw.encode()

@@ -62,6 +62,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_fix_x_for, x_proto=settings.proxy_fix_x_proto)
 
     web.init_app(app)
+    # The same commands on app.cli, so `flask --app wecom_plugin` and app.test_cli_runner() see them.
+    from wecom_plugin.cli import cli
+
+    for name, command in cli.commands.items():
+        app.cli.add_command(command, name)
     for warning in settings.warnings:
         app.logger.warning("%s", warning)
     return app

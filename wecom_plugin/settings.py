@@ -109,15 +109,21 @@ def merged_values(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """Defaults, then environment variables of the same names, then ``overrides``."""
+    return _merge(overrides, environ)[0]
+
+
+def _merge(overrides: Mapping[str, Any] | None, environ: Mapping[str, str] | None) -> tuple[dict[str, str], set[str]]:
     values = default_values()
+    explicit: set[str] = set()
     env = os.environ if environ is None else environ
-    known = set(values) | set(_OPTIONAL_NAMES)
-    for name in known:
+    for name in set(values) | set(_OPTIONAL_NAMES):
         if name in env:
             values[name] = env[name]
+            explicit.add(name)
     for name, value in (overrides or {}).items():
         values[name] = "" if value is None else str(value)
-    return values
+        explicit.add(name)
+    return values, explicit
 
 
 def load_settings(
@@ -126,7 +132,7 @@ def load_settings(
     instance_path: str | Path | None = None,
 ) -> Settings:
     """Parse and validate every setting; raise :class:`SettingsError` on the first bad one."""
-    v = _Reader(merged_values(overrides, environ))
+    v = _Reader(*_merge(overrides, environ))
     sandbox = v.boolean("WECOM_SANDBOX")
     warnings: list[str] = []
 
@@ -247,12 +253,13 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 class _Reader:
     """Typed access to the merged string values; every failure names its variable."""
 
-    def __init__(self, values: Mapping[str, str]):
+    def __init__(self, values: Mapping[str, str], explicit: set[str]):
         self._values = values
-        self._defaults = default_values()
+        self._explicit = explicit
 
     def was_set(self, name: str) -> bool:
-        return self._values.get(name, "") != self._defaults.get(name, "")
+        """True if the environment or an override gave a value (even one equal to the default)."""
+        return name in self._explicit
 
     def text(self, name: str) -> str:
         return self._values.get(name, "").strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, abort, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from wecom_plugin.context import _request_id, new_request_id
@@ -39,6 +39,10 @@ def init_app(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else new_request_id()
         g._request_id_token = _request_id.set(g.request_id)
+        # Refuse oversized bodies up front, whether or not the view would read them.
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if limit is not None and (request.content_length or 0) > limit:
+            abort(413)
 
     @app.teardown_request
     def _clear_request_id(_exc) -> None:

@@ -12,7 +12,8 @@ IMPORT_EVERYTHING = """
 import gc, json, logging, pkgutil, importlib, os, sys
 import sqlalchemy as sa
 import wecom_plugin
-modules = [m.name for m in pkgutil.walk_packages(wecom_plugin.__path__, "wecom_plugin.") if not m.name.endswith("__main__")]
+found = pkgutil.walk_packages(wecom_plugin.__path__, "wecom_plugin.")
+modules = [m.name for m in found if not m.name.endswith("__main__")]
 for name in modules:
     importlib.import_module(name)
 import flask

@@ -154,3 +154,13 @@ def test_help_works_without_any_configuration():
     result = _run([sys.executable, "-m", "wecom_plugin", "worker", "--help"], {})
     assert result.returncode == 0
     assert "Claim and run background jobs" in result.stdout
+
+
+def test_sandbox_secrets_are_shared_by_every_process_of_one_instance(tmp_path):
+    first = load_settings(environ={}, overrides={"WECOM_SANDBOX": "true"}, instance_path=tmp_path)
+    second = load_settings(environ={}, overrides={"WECOM_SANDBOX": "true"}, instance_path=tmp_path)
+    assert first.secret_key == second.secret_key
+    assert first.encryption_key == second.encryption_key
+    assert (tmp_path / "sandbox-secrets.json").stat().st_mode & 0o777 == 0o600
+    other = load_settings(environ={}, overrides={"WECOM_SANDBOX": "true"}, instance_path=tmp_path / "other")
+    assert other.secret_key != first.secret_key

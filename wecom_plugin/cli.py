@@ -350,3 +350,7 @@ def _register_db_commands() -> None:
 
 
 _register_db_commands()
+
+from wecom_plugin.cli_api import register as _register_api_commands  # noqa: E402
+
+_register_api_commands(cli)

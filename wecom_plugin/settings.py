@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import runpy
 import secrets
@@ -148,9 +149,10 @@ def load_settings(
             "sandbox mode refuses the real WeCom API; point it at the emulator or unset WECOM_SANDBOX",
         )
 
+    sandbox_folder = Path(instance_path) if instance_path else REPO_ROOT / "instance"
     secret_key = v.text("SECRET_KEY")
     if sandbox and not secret_key:
-        secret_key = secrets.token_urlsafe(32)
+        secret_key = sandbox_secret(sandbox_folder, "SECRET_KEY")
     _check_secret("SECRET_KEY", secret_key, MIN_SECRET_KEY_BYTES)
 
     corp_id = v.text("WECOM_CORP_ID") or ("wwsandbox0000000001" if sandbox else "")
@@ -180,7 +182,7 @@ def load_settings(
 
     encryption_raw = v.text("WECOM_PLUGIN_ENCRYPTION_KEY")
     if not encryption_raw and sandbox:
-        encryption_raw = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        encryption_raw = sandbox_secret(sandbox_folder, "WECOM_PLUGIN_ENCRYPTION_KEY")
     if not encryption_raw:
         raise SettingsError(
             "WECOM_PLUGIN_ENCRYPTION_KEY",
@@ -225,6 +227,41 @@ def load_settings(
         log_level=v.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
         warnings=tuple(warnings),
     )
+
+
+SANDBOX_SECRETS_FILE = "sandbox-secrets.json"
+
+
+def sandbox_secret(folder: Path, name: str) -> str:
+    """A random secret for sandbox mode, the same for every process sharing the instance folder.
+
+    Web, worker and clock must agree on SECRET_KEY and WECOM_PLUGIN_ENCRYPTION_KEY (an API key
+    encrypted by one process is decrypted by another), so the sandbox generates them once into
+    ``instance/sandbox-secrets.json`` (mode 0600, created atomically) instead of per process.
+    """
+    path = folder / SANDBOX_SECRETS_FILE
+    for _ in range(50):
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            return values[name]
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            fresh = {
+                "SECRET_KEY": secrets.token_urlsafe(32),
+                "WECOM_PLUGIN_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            }
+            tmp = folder / f".{SANDBOX_SECRETS_FILE}.{os.getpid()}"
+            tmp.write_text(json.dumps(fresh), encoding="utf-8")
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # atomic: exactly one process's values win
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except (json.JSONDecodeError, KeyError):
+            raise SettingsError(name, f"{path} is corrupt; delete it to generate new sandbox secrets") from None
+    raise SettingsError(name, f"could not create {path}")
 
 
 # Variables with no entry in config/default.py (secrets and optional pairs): read from the

@@ -166,9 +166,7 @@ def test_a_worker_paused_past_its_lease_makes_no_further_call_and_cannot_complet
     calls_before_pause = sum(1 for c in recorder.snapshot() if c["pid"] == paused.pid)
     try:
         time.sleep(3)  # past the 2 s lease
-        takeover = procs.start(
-            db_url, "worker", "--max-jobs", "1", JOB_LEASE_SECONDS="2", WORKER_POLL_INTERVAL="0.1"
-        )
+        takeover = procs.start(db_url, "worker", "--max-jobs", "1", JOB_LEASE_SECONDS="2", WORKER_POLL_INTERVAL="0.1")
         code, err = procs.finish(takeover, timeout=60)
         assert code == 0, err
     finally:

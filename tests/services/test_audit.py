@@ -51,7 +51,7 @@ def test_unknown_outcomes_are_refused(app):
 
 def test_export_as_csv_and_json_between_two_times(app):
     for i in range(3):
-        _record(app, target=f"user:{i}", reason="=HYPERLINK(\"x\")" if i == 1 else None)
+        _record(app, target=f"user:{i}", reason='=HYPERLINK("x")' if i == 1 else None)
     runner = app.test_cli_runner()
     as_csv = runner.invoke(args=["audit", "export", "--format", "csv"])
     assert as_csv.exit_code == 0, as_csv.output

@@ -1,0 +1,111 @@
+"""The ways people start the plugin: the README's ./dev start, gunicorn with the Procfile's line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import procs
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(180)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            return requests.get(url, timeout=2)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer in {timeout}s")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_") and k != "DATABASE_URL"}
+    env.update(extra)
+    return env
+
+
+def test_dev_start_serves_healthz_and_runs_jobs_in_one_process(tmp_path):
+    port = _free_port()
+    database = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    proc = subprocess.Popen(
+        ["./dev", "start"],
+        cwd=ROOT,
+        env=_env(PORT=str(port), DATABASE_URL=database, LOG_LEVEL="WARNING"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    procs.STARTED.append(proc)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert _wait_http(f"{base}/healthz", proc).json() == {"status": "ok"}
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        enqueue = subprocess.run(
+            [sys.executable, "-m", "wecom_plugin", "jobs", "enqueue", "noop", "--count", "3"],
+            cwd=ROOT, env=_env(WECOM_SANDBOX="true", DATABASE_URL=database), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert enqueue.returncode == 0, enqueue.stderr
+
+        def all_done() -> bool:
+            status = requests.get(f"{base}/status", timeout=5).json()
+            return status["jobs"].get("done") == 3 and status["healthy"]
+
+        procs.wait_for(all_done, 30, interval=0.3, what="the in-process worker to run the jobs")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_gunicorn_serves_the_app_with_the_procfile_command(tmp_path):
+    procfile = (ROOT / "Procfile").read_text().splitlines()
+    assert procfile == [
+        "release: wecom-plugin db upgrade",
+        "web: gunicorn wsgi:app -c config/gunicorn.conf.py",
+        "worker: wecom-plugin worker",
+        "clock: wecom-plugin clock",
+    ]
+    port = _free_port()
+    database = f"sqlite:///{tmp_path / 'web.sqlite3'}"
+    env = _env(WECOM_SANDBOX="true", DATABASE_URL=database, PORT=str(port), WEB_CONCURRENCY="2")
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "wecom_plugin", "db", "upgrade"], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    proc = subprocess.Popen(
+        [gunicorn, "wsgi:app", "-c", "config/gunicorn.conf.py"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    procs.STARTED.append(proc)
+    try:
+        response = _wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        assert response.status_code == 200
+        # No version detail in the Server header.
+        assert not any(ch.isdigit() for ch in response.headers.get("Server", ""))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    workers = {line.split("pid: ")[1].rstrip(")") for line in err.splitlines() if "Booting worker with pid" in line}
+    assert len(workers) == 2, err

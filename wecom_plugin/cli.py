@@ -200,6 +200,7 @@ def jobs_enqueue(name: str, payload: str, dedupe_key: str | None, count: int) ->
     from wecom_plugin.extensions import db
     from wecom_plugin.runtime import registry
     from wecom_plugin.runtime.queue import enqueue
+    from wecom_plugin.services import audit
 
     try:
         data = json.loads(payload)
@@ -214,6 +215,7 @@ def jobs_enqueue(name: str, payload: str, dedupe_key: str | None, count: int) ->
         ids = [enqueue(name, data, dedupe_key=dedupe_key) for _ in range(count)]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--payload") from None
+    audit.record("cli", "job.enqueue", target=f"job-type:{name}", detail={"count": count, "first_id": ids[0]})
     db.session.commit()
     click.echo(f"enqueued {len(set(ids))} job(s): #{ids[0]}" + (f"..#{ids[-1]}" if len(ids) > 1 else ""))
 

@@ -152,3 +152,24 @@ def test_the_worker_only_claims_job_types_it_knows(app):
         db.session.commit()
     assert Worker(app).run_once() == 0
     assert _job(app, job_id).state == "ready"
+
+
+def test_the_cli_enqueues_with_an_audit_row_and_refuses_bad_input(app):
+    from wecom_plugin.models import AuditEvent
+
+    runner = app.test_cli_runner()
+    ok = runner.invoke(args=["jobs", "enqueue", "noop", "--count", "2"])
+    assert ok.exit_code == 0, ok.output
+    for args, message in (
+        (["jobs", "enqueue", "no.such.type"], "unknown job type"),
+        (["jobs", "enqueue", "noop", "--payload", "{oops"], "not JSON"),
+        (["jobs", "enqueue", "noop", "--payload", "[1]"], "must be a JSON object"),
+    ):
+        bad = runner.invoke(args=args)
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 2
+        rows = db.session.scalars(sa.select(AuditEvent)).all()
+        assert [(r.actor, r.action, r.target, r.detail["count"]) for r in rows] == [
+            ("cli", "job.enqueue", "job-type:noop", 2)
+        ]

@@ -20,6 +20,8 @@ from flask.cli import FlaskGroup, with_appcontext
 from wecom_plugin.errors import ConfigurationError
 
 EXIT_CONFIG = 2
+# Row ids as the database stores them (a 64-bit signed integer).
+ROW_ID = click.IntRange(1, 2**63 - 1)
 
 
 def _create_app():
@@ -159,7 +161,7 @@ def jobs_group() -> None:
 
 @jobs_group.command("list")
 @click.option("--state", type=click.Choice(["ready", "running", "done", "dead", "cancelled"]), default=None)
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @with_appcontext
 def jobs_list(state: str | None, limit: int) -> None:
     """List jobs, newest first (dead ones are the ones that need a person)."""
@@ -193,7 +195,9 @@ def jobs_types() -> None:
 @click.argument("name")
 @click.option("--payload", default="{}", help="JSON object passed to the job.")
 @click.option("--dedupe-key", default=None, help="Enqueue at most once per key.")
-@click.option("--count", type=int, default=1, show_default=True, help="Enqueue this many copies (benchmarks).")
+@click.option(
+    "--count", type=click.IntRange(1, 100_000), default=1, show_default=True, help="Enqueue this many copies."
+)
 @with_appcontext
 def jobs_enqueue(name: str, payload: str, dedupe_key: str | None, count: int) -> None:
     """Enqueue a job by type name."""
@@ -221,7 +225,7 @@ def jobs_enqueue(name: str, payload: str, dedupe_key: str | None, count: int) ->
 
 
 @jobs_group.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @with_appcontext
 def jobs_retry(job_id: int) -> None:
     """Put a dead job back in the queue with a fresh attempt budget."""
@@ -237,7 +241,7 @@ def jobs_retry(job_id: int) -> None:
 
 
 @jobs_group.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @with_appcontext
 def jobs_cancel(job_id: int) -> None:
     """Cancel a job that is waiting or dead."""
@@ -287,7 +291,7 @@ def alerts_list() -> None:
 
 
 @alerts_group.command("ack")
-@click.argument("alert_id", type=int)
+@click.argument("alert_id", type=ROW_ID)
 @click.option("--by", "actor", required=True, help="Who acknowledges it (recorded in the audit log).")
 @with_appcontext
 def alerts_ack(alert_id: int, actor: str) -> None:
@@ -312,14 +316,14 @@ def _parse_when(value: str | None, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            # A bare date or time is read in the deployment's zone, as people in the org mean it.
+            parsed = parsed.replace(tzinfo=_settings().tz)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise click.BadParameter(
             "use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00:00+08:00", param_hint=name
         ) from None
-    if parsed.tzinfo is None:
-        # A bare date or time is read in the deployment's zone, as people in the org mean it.
-        parsed = parsed.replace(tzinfo=_settings().tz)
-    return parsed.astimezone(UTC)
 
 
 @audit_group.command("export")

@@ -75,3 +75,17 @@ def test_malformed_specs_are_refused_with_a_clear_message(spec, message):
 def test_naive_times_are_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
         schedules.next_after({"kind": "interval", "seconds": 5}, SHANGHAI, datetime(2026, 1, 1))
+
+
+def test_several_times_on_a_spring_forward_day_each_run_once_in_instant_order():
+    new_york = ZoneInfo("America/New_York")
+    spec = {"kind": "daily", "times": ["02:30", "03:00"]}
+    start = datetime(2026, 3, 8, 0, 0, tzinfo=UTC)  # 2026-03-07 19:00 in New York
+    times, _ = schedules.occurrences_between(spec, new_york, schedules.next_after(spec, new_york, start),
+                                             datetime(2026, 3, 9, 12, 0, tzinfo=UTC), 10)  # fmt: skip
+    assert [t.astimezone(new_york).strftime("%d %H:%M") for t in times] == [
+        "08 03:00",
+        "08 03:30",
+        "09 02:30",
+        "09 03:00",
+    ]

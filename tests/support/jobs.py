@@ -89,3 +89,23 @@ def test_definitions(settings) -> list[PeriodicDefinition]:
             coalesce=False,
         )
     ]
+
+
+@job_type("test.hang", delivery=AT_LEAST_ONCE, timeout_seconds=1)
+def hang(ctx) -> dict:
+    """Hangs (sleeps) past its one-second timeout on the first attempt."""
+    if ctx.attempt == 1:
+        time.sleep(ctx.payload.get("seconds", 5))
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@job_type("test.leaves_transaction_open", delivery=AT_LEAST_ONCE, max_attempts=1)
+def leaves_transaction_open(ctx) -> dict:
+    """Reads through db.session and then calls ensure_lease without ending the transaction (a bug)."""
+    import sqlalchemy as sa
+
+    from wecom_plugin.extensions import db
+
+    db.session.execute(sa.text("SELECT 1"))
+    ctx.ensure_lease()
+    return {}

@@ -113,10 +113,11 @@ def next_wall_time(tz: ZoneInfo, after: datetime, wall_times: list[time], day_ok
     day = after.astimezone(tz).date()
     for _ in range(MAX_OCCURRENCE_SCAN_DAYS):
         if day_ok(day):
-            for wall in wall_times:
-                candidate = resolve_local(tz, day, wall)
-                if candidate > after:
-                    return candidate
+            # The earliest instant, not the first in wall-clock order: on a DST day a shifted
+            # time can land after a later wall time.
+            later = [c for c in (resolve_local(tz, day, wall) for wall in wall_times) if c > after]
+            if later:
+                return min(later)
         day += timedelta(days=1)
     raise SpecError("no occurrence within two years; check the spec")
 

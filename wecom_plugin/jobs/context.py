@@ -31,6 +31,10 @@ JOB = Job.__table__
 STEP = JobStep.__table__
 
 
+class OpenTransactionError(RuntimeError):
+    """A handler called ensure_lease()/run_step() while its db.session transaction was open (a bug)."""
+
+
 class StepOutcome(Enum):
     DONE = "done"  # ran now and succeeded
     ALREADY_DONE = "already_done"  # a previous run finished it
@@ -61,7 +65,13 @@ class JobContext:
 
     # --- lease ------------------------------------------------------------------------------
     def ensure_lease(self) -> None:
-        """Renew the lease, or raise :class:`LeaseLostError` if another holder may have it."""
+        """Renew the lease, or raise :class:`LeaseLostError` if another holder may have it.
+
+        Raises :class:`OpenTransactionError` if the handler still has a ``db.session`` transaction
+        open: end it first (commit or roll back). Holding a transaction across an external call
+        keeps locks for the call's duration, and on SQLite it would lock out the lease renewal.
+        """
+        self._require_no_open_transaction()
         with self._engine.begin() as conn:
             if not claim.renew(conn, JOB, self.job_id, self.fence, self.lease_seconds):
                 raise LeaseLostError(f"job {self.job_id} lease lost (fence {self.fence})")
@@ -80,9 +90,19 @@ class JobContext:
         error propagates, so the job retries the target; any other failure ends ``unknown``.
         """
         target = str(target)[:255]
+        self._require_no_open_transaction()
         if self.delivery == AT_MOST_ONCE:
             return self._at_most_once(target, action)
         return self._at_least_once(target, action)
+
+    def _require_no_open_transaction(self) -> None:
+        from wecom_plugin.extensions import db
+
+        if db.session().in_transaction():
+            raise OpenTransactionError(
+                f"job {self.name}: commit or roll back db.session before ensure_lease()/run_step() "
+                "(no transaction may stay open across an external call)"
+            )
 
     def step_states(self) -> dict[str, str]:
         with self._engine.connect() as conn:
@@ -156,6 +176,16 @@ class JobContext:
             raise
         self._update_own_step(target, "done", _detail(value))
         return StepResult(StepOutcome.DONE, value)
+
+    def abandon_sending_steps(self, why: str) -> int:
+        """Mark every step left ``sending`` by an earlier holder ``unknown`` (with the alert)."""
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(STEP.c.target, STEP.c.fence).where(STEP.c.job_id == self.job_id, STEP.c.state == "sending")
+            ).all()
+            for target, fence in rows:
+                self._mark_unknown(conn, target, fence, why)
+        return len(rows)
 
     def _step_state(self, conn: sa.Connection, target: str) -> str | None:
         return conn.execute(

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -28,12 +29,13 @@ from flask import Flask
 
 from wecom_plugin.context import request_id_scope
 from wecom_plugin.domain.retry import backoff_delay
-from wecom_plugin.errors import LeaseLostError, PermanentError, PluginError, RateLimitedError
+from wecom_plugin.errors import ConfigurationError, LeaseLostError, PermanentError, RateLimitedError
 from wecom_plugin.extensions import db
 from wecom_plugin.models.claims import ClaimState
 from wecom_plugin.models.dbtime import sql_now
 from wecom_plugin.models.jobs import Job
 from wecom_plugin.runtime import claim, heartbeat, registry
+from wecom_plugin.runtime.registry import AT_MOST_ONCE
 
 log = logging.getLogger("wecom_plugin.worker")
 
@@ -68,6 +70,8 @@ class Worker:
         self._stop = threading.Event()
         self._held: dict[int, int] = {}  # job id -> fence
         self._held_lock = threading.Lock()
+        # The job being run now: (id, name, monotonic deadline); past it the lease is let go.
+        self._running: tuple[int, str, float] | None = None
         self.jobs_done = 0
         with app.app_context():
             self.engine = db.engine
@@ -80,7 +84,13 @@ class Worker:
         log.info("worker %s started (batch %s, lease %ss)", self.owner, self.batch_size, self.lease_seconds)
         try:
             while not self._stop.is_set():
-                ran = self.run_once()
+                try:
+                    ran = self.run_once()
+                except sa.exc.SQLAlchemyError as exc:
+                    # The database is briefly unavailable (locked, restarting): leases protect the
+                    # jobs; wait and try again rather than dying.
+                    log.warning("worker %s: database error, retrying: %s", self.owner, _describe(exc)[:300])
+                    ran = 0
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
                 if not ran:
@@ -91,7 +101,7 @@ class Worker:
             self._stop.set()
             keeper.join(timeout=5)
             with self.app.app_context():
-                heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done, state="stopped")
+                self._beat("stopped")
             log.info("worker %s stopped after %s jobs", self.owner, self.jobs_done)
         return self.jobs_done
 
@@ -143,10 +153,16 @@ class Worker:
         with self.app.app_context(), request_id_scope(f"job-{claimed.id}"):
             if claimed.attempts > row.max_attempts:
                 # Claimed again after its lease expired too often: its holders keep dying.
+                if job.delivery == AT_MOST_ONCE:
+                    # A dead holder may have left a send half-done: make it visible, never repeat it.
+                    JobContext(
+                        self.app, self.engine, job, claimed.fence, claimed.attempts, self.lease_seconds
+                    ).abandon_sending_steps("the job's holders kept dying")
                 self._dead(claimed, job, "lease expired on every attempt (the worker died or hung)")
                 return
             job_type = registry.get(job.name)
             ctx = JobContext(self.app, self.engine, job, claimed.fence, claimed.attempts, self.lease_seconds)
+            self._running = (claimed.id, job.name, time.monotonic() + job_type.timeout_seconds)
             try:
                 result = job_type.handler(ctx)
             except LeaseLostError as exc:
@@ -157,7 +173,8 @@ class Worker:
                 db.session.rollback()
                 self._rate_limited(claimed, job, exc)
                 return
-            except PermanentError as exc:
+            except (PermanentError, ConfigurationError) as exc:
+                # Retrying cannot help (bad input, or a setting a person must fix): dead + alert.
                 db.session.rollback()
                 self._dead(claimed, job, _describe(exc))
                 return
@@ -167,11 +184,11 @@ class Worker:
                 if claimed.attempts >= row.max_attempts:
                     self._dead(claimed, job, _describe(exc))
                 else:
-                    retry_after = exc.retry_after if isinstance(exc, PluginError) else None
-                    delay = backoff_delay(claimed.attempts, retry_after=retry_after)
+                    delay = backoff_delay(claimed.attempts, retry_after=getattr(exc, "retry_after", None))
                     self._finish(claimed, state=ClaimState.READY, due_at=sql_now(delay), last_error=_describe(exc))
                 return
             finally:
+                self._running = None
                 db.session.remove()
             if self._finish(
                 claimed,
@@ -234,20 +251,58 @@ class Worker:
     def _keep_leases(self) -> None:
         interval = max(min(self.lease_seconds / 3, 5.0), 0.2)
         with self.app.app_context():
-            heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done)
+            self._beat()
             while not self._stop.wait(interval):
                 with self._held_lock:
                     held = list(self._held.items())
+                held = self._drop_overrun(held)
                 try:
                     with self.engine.begin() as conn:
                         lost = claim.renew_many(conn, JOB, held, self.lease_seconds)
-                    for job_id in lost:
-                        log.warning("worker %s lost the lease of job %s", self.owner, job_id)
-                    heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done)
                 except sa.exc.SQLAlchemyError as exc:
                     # The database is briefly unreachable: leases may lapse, and the fenced
                     # writes make sure that is safe. Keep trying.
-                    log.warning("worker %s heartbeat failed: %s", self.owner, exc.__class__.__name__)
+                    log.warning("worker %s lease renewal failed: %s", self.owner, exc.__class__.__name__)
+                    continue
+                for job_id in lost:
+                    log.warning("worker %s lost the lease of job %s", self.owner, job_id)
+                self._beat()
+
+    def _beat(self, state: str = "running") -> None:
+        """Record the process heartbeat; a failure is logged, never fatal."""
+        try:
+            heartbeat.beat(self.engine, self.owner, "worker", jobs_done=self.jobs_done, state=state)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("worker %s heartbeat failed: %s", self.owner, exc.__class__.__name__)
+
+    def _drop_overrun(self, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Stop renewing a job that ran past its type's timeout: it is hung, let another worker
+        take it over (the hung handler can then make no further call), and tell a person."""
+        running = self._running
+        if running is None or time.monotonic() <= running[2]:
+            return held
+        job_id, name, _ = running
+        if job_id not in dict(held):
+            return held
+        from wecom_plugin.services.alerts import raise_alert
+
+        log.error("job %s (%s) exceeded its timeout; releasing its lease", job_id, name)
+        try:
+            with self.engine.begin() as conn:
+                raise_alert(
+                    f"job.overran:{name}",
+                    severity="error",
+                    title_zh=f"后台任务 {name} 运行超时，已交由其他进程接管",
+                    title_en=f"Background job {name} ran past its timeout; released for another worker",
+                    detail={"job_id": job_id},
+                    session=conn,
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not record the overrun alert: %s", exc.__class__.__name__)
+        self._running = None
+        with self._held_lock:
+            self._held.pop(job_id, None)
+        return [(i, f) for i, f in held if i != job_id]
 
 
 class _JobView:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_TIMEOUT_SECONDS = 15 * 60
+
 AT_LEAST_ONCE = "at_least_once"
 AT_MOST_ONCE = "at_most_once"
 
@@ -33,6 +35,9 @@ class JobType:
     delivery: str = AT_LEAST_ONCE
     max_attempts: int | None = None  # None: JOB_MAX_ATTEMPTS
     description: str = ""
+    # A run longer than this is treated as hung: its lease is no longer renewed (so another
+    # worker can take the job over) and an alert is raised.
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,11 @@ _LOADED_MODULES: set[str] = set()
 
 
 def job_type(
-    name: str, *, delivery: str = AT_LEAST_ONCE, max_attempts: int | None = None
+    name: str,
+    *,
+    delivery: str = AT_LEAST_ONCE,
+    max_attempts: int | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> Callable[[Handler], Handler]:
     """Decorator registering ``handler`` as the job type ``name``."""
     if delivery not in (AT_LEAST_ONCE, AT_MOST_ONCE):
@@ -68,7 +77,7 @@ def job_type(
             if existing.handler.__qualname__ != handler.__qualname__:
                 raise ValueError(f"job type {name!r} is already registered by {existing.handler!r}")
         doc = (handler.__doc__ or "").strip().splitlines()
-        _JOB_TYPES[name] = JobType(name, handler, delivery, max_attempts, doc[0] if doc else "")
+        _JOB_TYPES[name] = JobType(name, handler, delivery, max_attempts, doc[0] if doc else "", timeout_seconds)
         return handler
 
     return register

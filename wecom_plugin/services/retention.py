@@ -8,7 +8,6 @@ Deletes run in batches so no transaction holds locks for long.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -21,11 +20,15 @@ from wecom_plugin.models.dbtime import db_now
 from wecom_plugin.models.jobs import Job, Occurrence, ProcessHeartbeat
 
 BATCH = 1000
+# Rate-limit windows matter for a minute; a day is kept for investigations.
+RATE_WINDOW_KEPT = timedelta(days=1)
 
 
 def prune_old_rows(session: Session, retention_days: int, guard: Callable[[], None] | None = None) -> dict[str, int]:
     """Delete expired rows; returns counts per table. ``guard`` runs before each batch."""
-    cutoff = db_now(session) - timedelta(days=retention_days)
+    now = db_now(session)
+    cutoff = now - timedelta(days=retention_days)
+    session.rollback()  # end the read before the guard renews the lease on its own connection
     removed = {
         "job": _delete_in_batches(
             session,
@@ -41,7 +44,7 @@ def prune_old_rows(session: Session, retention_days: int, guard: Callable[[], No
             guard,
             key="id",
         ),
-        "rate_counter": _delete_rate_windows(session),
+        "rate_counter": _delete_rate_windows(session, int((now - RATE_WINDOW_KEPT).timestamp())),
     }
     return removed
 
@@ -57,17 +60,17 @@ def _delete_in_batches(
     column = table.c[key]
     while True:
         if guard is not None:
-            guard()
+            guard()  # runs with no transaction open: the previous batch committed
         ids = session.execute(sa.select(column).where(condition).limit(BATCH)).scalars().all()
         if not ids:
+            session.rollback()
             return total
         session.execute(sa.delete(table).where(column.in_(ids)))
         session.commit()
         total += len(ids)
 
 
-def _delete_rate_windows(session: Session) -> int:
-    cutoff = int(time.time()) - 86400
+def _delete_rate_windows(session: Session, cutoff: int) -> int:
     result = session.execute(sa.delete(RateCounter.__table__).where(RateCounter.window_start < cutoff))
     session.commit()
     return result.rowcount

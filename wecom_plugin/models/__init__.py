@@ -9,6 +9,7 @@ from wecom_plugin.models.claims import ClaimState
 from wecom_plugin.models.jobs import Job, JobStep, Occurrence, ProcessHeartbeat, Schedule
 from wecom_plugin.models.ops import Alert, AuditEvent
 from wecom_plugin.models.people import Person, fold_userid
+from wecom_plugin.models.tokens import WeComToken
 
 __all__ = [
     "Alert",
@@ -24,5 +25,6 @@ __all__ = [
     "ProcessHeartbeat",
     "RateCounter",
     "Schedule",
+    "WeComToken",
     "fold_userid",
 ]

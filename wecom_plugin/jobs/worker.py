@@ -72,6 +72,7 @@ class Worker:
         self._held_lock = threading.Lock()
         # The job being run now: (id, name, monotonic deadline); past it the lease is let go.
         self._running: tuple[int, str, float] | None = None
+        self._last_reclaim = float("-inf")
         self.jobs_done = 0
         with app.app_context():
             self.engine = db.engine
@@ -130,6 +131,7 @@ class Worker:
                 # Only jobs this code knows: during a deploy, old workers leave new job types alone.
                 where=JOB.c.name.in_(names),
                 returning=_JOB_COLUMNS,
+                reclaim_expired=self._reclaim_due(),
             )
         with self._held_lock:
             self._held.update({c.id: c.fence for c in batch})
@@ -143,6 +145,14 @@ class Worker:
                 with self._held_lock:
                     self._held.pop(claimed.id, None)
         return len(batch)
+
+    def _reclaim_due(self) -> bool:
+        """Look for expired leases at most every quarter lease: they are rare, ready jobs are not."""
+        now = time.monotonic()
+        if now - self._last_reclaim >= self.lease_seconds / 4:
+            self._last_reclaim = now
+            return True
+        return False
 
     # --- one job ----------------------------------------------------------------------------
     def _run(self, claimed: claim.Claimed) -> None:

@@ -22,6 +22,9 @@ import sqlalchemy as sa
 
 from wecom_plugin.settings import default_values
 
+# The sandbox tenant's `emulator` fixture, available to every test.
+pytest_plugins = ["tests.support.emulator"]
+
 POSTGRES_URL = os.environ.get("WECOM_TEST_POSTGRES_URL", "")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTING_NAMES = set(default_values()) | {

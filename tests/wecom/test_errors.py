@@ -251,3 +251,14 @@ def test_connect_timeout_is_recognised_without_a_network():
     exc = requests.ConnectTimeout("connect timed out")
     assert WeComNetworkError.from_exception(exc).side_effect_possible is False
     assert WeComNetworkError.from_exception(ValueError("not json")).side_effect_possible is True
+
+
+def test_network_errors_never_carry_the_access_token_in_their_message():
+    import requests
+
+    from wecom_plugin.wecom.errors import WeComNetworkError
+
+    exc = requests.ConnectionError("HTTPSConnectionPool: /cgi-bin/user/get?access_token=SECRET123&userid=a")
+    mapped = WeComNetworkError.from_exception(exc, "user/get")
+    assert "SECRET123" not in str(mapped)
+    assert "access_token=***" in str(mapped)

@@ -373,7 +373,17 @@ class WeComNetworkError(RetryableError):
     def from_exception(cls, exc: BaseException, endpoint: str = "") -> WeComNetworkError:
         """Map a ``requests``/``urllib3`` failure: connect-phase errors are side-effect free, the rest not."""
         where = f"{endpoint}: " if endpoint else ""
-        return cls(f"{where}{type(exc).__name__}: {exc}", endpoint, side_effect_possible=not _before_send(exc))
+        # requests' messages contain the URL, and with it the access token: mask before keeping it.
+        message = redact(f"{where}{type(exc).__name__}: {exc}")
+        return cls(message, endpoint, side_effect_possible=not _before_send(exc))
+
+
+_SECRET_QUERY = re.compile(r"(?i)\b(access_token|corpsecret|key|code)=[^&\s'\"()]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of ``access_token``, ``corpsecret``, ``key`` and ``code`` masked."""
+    return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 _CONNECT_PHASE = frozenset(

@@ -1,0 +1,129 @@
+"""The WeCom send budget shared by every process: a :class:`~wecom_plugin.wecom.budget.Budget` on the
+``rate_counter`` table.
+
+Each (limit, key) has one counter row per fixed window of the **database clock** (minutes, hours, natural
+days in the corp's time zone), named by :func:`~wecom_plugin.wecom.budget.bucket`. Spending is one atomic
+conditional upsert per counter::
+
+    INSERT INTO rate_counter (bucket, window_start, count) VALUES (:bucket, :start, :n)
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_counter.count + :n
+        WHERE rate_counter.count + :n <= :allowed
+    RETURNING count
+
+No row back means the window is spent: nothing is added, and the caller is told when the window ends.
+Counters of one limit and window are taken in one multi-row statement (``VALUES`` of many rows, ``+
+excluded.count``), so a message to a 2,000-member chat costs a handful of statements, not 4,000.
+On PostgreSQL the upsert locks the counter row, so concurrent spenders queue on it and each sees the
+count the previous one committed; on SQLite the transaction holds the write lock (``BEGIN IMMEDIATE``).
+Several counters are taken in one transaction, in bucket order (no deadlocks), all or nothing. Each call
+is its own short transaction on the engine, never ``db.session``. Old windows are pruned with the other
+rate counters by :mod:`wecom_plugin.services.retention`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from wecom_plugin.models.api_clients import RateCounter
+from wecom_plugin.models.base import insert_for
+from wecom_plugin.models.dbtime import db_now
+from wecom_plugin.wecom.budget import CORP, Ask, Grant, Limit, LimitTable, bucket, denied_grant, window_bounds
+
+RATE = RateCounter.__table__
+BATCH_ROWS = 500  # counters per statement (SQLite binds at most 32,766 parameters)
+
+
+class DbBudget(LimitTable):
+    """The database :class:`~wecom_plugin.wecom.budget.Budget` (SQLite and PostgreSQL).
+
+    Args:
+        engine: the application's engine (``db.engine``).
+        corp_size: ``settings.corp_size`` (the hourly app-chat cap).
+        headroom: the share of each WeCom limit granted (default 0.9).
+        timezone: the corp's zone for day windows (``settings.timezone``, Asia/Shanghai).
+        limits, extra: replace or extend the named limits (tests, a licence-based daily cap).
+
+    ``now`` (an aware datetime) may be given to the methods to stand in for the database clock (tests).
+    """
+
+    def __init__(self, engine: sa.Engine, **options) -> None:
+        super().__init__(**options)
+        self._engine = engine
+
+    def acquire(self, limit_name: str, key: str = CORP, n: int = 1, *, now: datetime | None = None) -> Grant:
+        return self.acquire_many([Ask(limit_name, key, n)], now=now)
+
+    def acquire_many(self, asks: Iterable[Ask | tuple[str, str, int]], *, now: datetime | None = None) -> Grant:
+        plan = self.merged(asks)
+        if not plan:
+            return Grant(True)
+        with self._engine.connect() as conn:
+            trans = conn.begin()  # SQLite: BEGIN IMMEDIATE
+            try:
+                current = now or db_now(conn)
+                epoch = current.timestamp()
+                blocked: tuple[int, str] | None = None
+                for limit, start, end, rows in self._batches(plan, epoch):
+                    if not self._take(conn, limit, start, rows) and (blocked is None or end > blocked[0]):
+                        blocked = (end, limit.name)
+                if blocked is not None:
+                    trans.rollback()  # all or nothing: undo the counters this call did take
+                    return denied_grant(blocked[0], blocked[1], epoch)
+                trans.commit()
+            except BaseException:
+                if trans.is_active:
+                    trans.rollback()
+                raise
+        return Grant(True)
+
+    def _batches(self, plan: list[tuple[Limit, str, int]], epoch: float):
+        """The plan as (limit, window start, window end, [(bucket, n)]) batches, in bucket order."""
+        batches: dict[tuple[str, int], tuple[Limit, int, list[tuple[str, int]]]] = {}
+        for limit, key, n in plan:
+            start, end = window_bounds(limit.window, epoch, self.timezone)
+            batches.setdefault((limit.name, start), (limit, end, []))[2].append((bucket(limit.name, key), n))
+        for (_name, start), (limit, end, rows) in sorted(batches.items()):
+            for i in range(0, len(rows), BATCH_ROWS):
+                yield limit, start, end, rows[i : i + BATCH_ROWS]
+
+    def _take(self, conn: sa.Connection, limit: Limit, start: int, rows: list[tuple[str, int]]) -> bool:
+        """One multi-row conditional upsert; True if every counter had room (those without room are unchanged)."""
+        allowed = limit.allowed(self.headroom)
+        insert = insert_for(conn, RATE).values([{"bucket": b, "window_start": start, "count": n} for b, n in rows])
+        upsert = insert.on_conflict_do_update(
+            index_elements=[RATE.c.bucket, RATE.c.window_start],
+            set_={"count": RATE.c.count + insert.excluded.count},
+            where=(RATE.c.count + insert.excluded.count) <= allowed,
+        ).returning(RATE.c.bucket)
+        return len(conn.execute(upsert).all()) == len(rows)
+
+    def exhaust(self, limit_name: str, key: str = CORP, *, now: datetime | None = None) -> None:
+        """WeCom answered 45009: count the current window of ``limit_name``/``key`` as used up."""
+        limit = self.limit(limit_name)
+        allowed = limit.allowed(self.headroom)
+        with self._engine.begin() as conn:
+            current = now or db_now(conn)
+            start, _end = window_bounds(limit.window, current.timestamp(), self.timezone)
+            conn.execute(
+                insert_for(conn, RATE)
+                .values(bucket=bucket(limit.name, key), window_start=start, count=allowed)
+                .on_conflict_do_update(
+                    index_elements=[RATE.c.bucket, RATE.c.window_start],
+                    set_={"count": sa.case((RATE.c.count < allowed, allowed), else_=RATE.c.count)},
+                )
+            )
+
+    def usage(self, limit_name: str, key: str = CORP, *, now: datetime | None = None) -> tuple[int, int]:
+        """``(spent, allowed)`` in the current window of ``limit_name``/``key`` (for status pages and tests)."""
+        limit = self.limit(limit_name)
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(sqlite_begin="DEFERRED")
+            current = now or db_now(conn)
+            start, _end = window_bounds(limit.window, current.timestamp(), self.timezone)
+            spent = conn.execute(
+                sa.select(RATE.c.count).where(RATE.c.bucket == bucket(limit.name, key), RATE.c.window_start == start)
+            ).scalar_one_or_none()
+        return int(spent or 0), limit.allowed(self.headroom)

@@ -93,7 +93,6 @@ DEFAULT_LIMIT_KIND = "minute"  # the basic per-API limit (§10.2)
 Guard = Callable[[], object]
 
 
-
 def limit_kind(path: str) -> str:
     """The limit (``minute``/``hour``/``day``) a 45009 from ``path`` means; ``minute`` when unknown."""
     return LIMIT_KINDS.get(path.split("?", 1)[0].strip("/"), DEFAULT_LIMIT_KIND)

@@ -86,3 +86,23 @@ def test_unknown_severities_are_refused(app):
         _raise(app, severity="meh")
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Alert)) == 0
+
+
+def test_alerts_reach_the_configured_admins_in_wecom(make_app, emulator):
+    admins = [u.userid for u in emulator.users()[:2]]
+    app = make_app(
+        WECOM_API_BASE_URL=emulator.url,
+        WECOM_CORP_ID=emulator.corp_id,
+        WECOM_AGENT_ID=str(emulator.OUR),
+        WECOM_SECRET=emulator.secret(),
+        ALERT_WECOM_USERIDS=",".join([*admins, "nobody_here"]),
+    )
+    _raise(app)
+    Worker(app).run_once()
+    for userid in admins:
+        [received] = emulator.admin("messages", query={"userid": userid})["messages"]
+        assert received["msgtype"] == "text" and "同步被制动" in received["content"]["content"]
+    with app.app_context():
+        job = db.session.scalar(sa.select(Job).where(Job.name == "alerts.deliver"))
+        assert job.state == "done", job.last_error
+        assert job.result == {"wecom": "done", "wecom_rejected": ["nobody_here"]}

@@ -5,8 +5,9 @@ Channels:
 * ``log``: an ERROR line is written when the alert is raised (not here), always.
 * ``webhook``: ``ALERT_WEBHOOK_URL`` receives :func:`wecom_plugin.services.alerts.webhook_body`
   as JSON. Outside WeCom on purpose: WeCom itself may be what failed.
-* ``wecom``: app messages to ``ALERT_WECOM_USERIDS`` through the WeCom transport; it is
-  enabled once the transport (issue 3) provides a client, and reported as skipped until then.
+* ``wecom``: one app message (``message/send``, text, with WeCom's duplicate check on so a retried
+  delivery is not shown twice) to ``ALERT_WECOM_USERIDS``. Recipients WeCom rejected (outside the
+  app's visible range, unknown) are recorded in the step's detail, not swallowed.
 
 Each channel is a step of the ``alerts.deliver`` job, so a failing webhook is retried without
 re-notifying the channels that already succeeded.
@@ -43,8 +44,39 @@ def deliver(ctx, alert_id: int) -> dict[str, Any]:
         result = ctx.run_step("webhook", lambda: post_webhook(settings.alert_webhook_url, body))
         outcomes["webhook"] = result.outcome.value
     if settings.alert_wecom_userids:
-        outcomes["wecom"] = "skipped: WeCom transport not available yet"
+        result = ctx.run_step("wecom", lambda: send_wecom(ctx, settings.alert_wecom_userids, body))
+        outcomes["wecom"] = result.outcome.value
+        if result.value and result.value.get("invaliduser"):
+            outcomes["wecom_rejected"] = result.value["invaliduser"]
     return outcomes
+
+
+def wecom_text(body: dict[str, Any]) -> str:
+    """The alert as people read it in WeCom: Chinese first, then English."""
+    severity = {"critical": "严重", "error": "错误", "warning": "警告"}.get(body["severity"], body["severity"])
+    lines = [
+        f"【企业微信群管理插件告警 · {severity}】",
+        body["title_zh"],
+        body["title_en"],
+        f"编号 #{body['id']} · {body['key']}",
+        "处理后请确认 / acknowledge with: wecom-plugin alerts ack " + str(body["id"]) + " --by 姓名",
+    ]
+    return "\n".join(lines)
+
+
+def send_wecom(ctx, userids: tuple[str, ...], body: dict[str, Any]) -> dict[str, Any]:
+    from wecom_plugin.services.wecom import client_for
+    from wecom_plugin.wecom.api import message
+
+    client = client_for(ctx.app, guard=ctx.ensure_lease)
+    result = message.send(
+        client,
+        message.text(wecom_text(body)),
+        touser=list(userids),
+        enable_duplicate_check=True,
+        duplicate_check_interval=4 * 3600,
+    )
+    return {"msgid": result.msgid, "invaliduser": list(result.invaliduser)}
 
 
 def post_webhook(url: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def test_change_listeners_can_unsubscribe():
 
 def test_the_emulator_imports_nothing_from_the_transport_models_or_services():
     code = (
-        "import sys, wecom_plugin.emulator\n"
+        "import sys, wecom_plugin.emulator, wecom_plugin.emulator.server, wecom_plugin.emulator.cli\n"
+        "import wecom_plugin.emulator.callbacks, wecom_plugin.emulator.ui, wecom_plugin.emulator.wxcrypto\n"
         "bad = [m for m in sys.modules if m.startswith(('wecom_plugin.wecom', 'wecom_plugin.models',"
         " 'wecom_plugin.services', 'wecom_plugin.domain'))]\n"
         "print(bad)\n"

@@ -15,5 +15,8 @@ Usage::
 
 Modules: :mod:`.clock` (real/manual clocks), :mod:`.state` (the tenant, flags, change records),
 :mod:`.org` (seeding), :mod:`.server` (``create_emulator_app``), :mod:`.admin` (``/_emulator/``),
-:mod:`.serve` (threaded HTTP server). Behaviour, flags and the admin API: docs/emulator.md.
+:mod:`.serve` and :mod:`.httpserver` (threaded HTTP/1.1 server), :mod:`.callbacks` (receivers, delivery,
+faults), :mod:`.events` (callback XML), :mod:`.wxcrypto` (callback crypto), :mod:`.ui` (``/_emulator/ui``),
+:mod:`.cli` (the ``emulator`` command, ``start_sandbox``). Behaviour, flags and the admin API:
+docs/emulator.md.
 """

@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.wrappers import Request, Response
 
 from .clock import advance
-from .state import AppChat, CustomerGroup, DirectoryError, Robot, Tenant, chat_record, user_record
+from .state import AppChat, DirectoryError, Robot, Tenant, chat_record, user_record
 
 if TYPE_CHECKING:
     from .framework import Endpoint
 
 
 class AdminError(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.extra = extra or {}
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -60,7 +61,7 @@ def dispatch(tenant: Tenant, request: Request) -> Response:
             body = _body(request)
             return _json(fn(tenant, body, request, *m.groups()))
         except AdminError as exc:
-            return _json({"error": str(exc)}, status=exc.status)
+            return _json({"error": str(exc), **exc.extra}, status=exc.status)
         except (DirectoryError, ValueError, TypeError, KeyError) as exc:
             return _json({"error": str(exc)}, status=400)
     if allowed:
@@ -301,23 +302,34 @@ def customer_groups(t: Tenant, _b: dict[str, Any], _r: Request) -> dict[str, Any
 
 @route("POST", "/customer-groups")
 def customer_group_create(t: Tenant, body: dict[str, Any], _r: Request) -> dict[str, Any]:
-    owner = _need(body, "owner", str)
-    with t.lock:
-        chat_id = body.get("chat_id") or t.next_id("wr", 30)
-        members = body.get("members") or [{"userid": owner, "type": 1}]
-        now = int(t.now())
-        group = CustomerGroup(
-            chat_id=chat_id,
-            name=str(body.get("name", "")),
-            owner=owner,
-            create_time=now,
-            members=[
-                {"join_time": now, "join_scene": 1, "name": m.get("userid"), "group_nickname": "", **m} for m in members
-            ],
-            admins=[str(x) for x in body.get("admins", [])],
-        )
-        t.data.customer_groups[chat_id] = group
-        return asdict(group)
+    """A member creates a customer group in the client (change_external_chat / create)."""
+    _need(body, "owner", str)
+    return asdict(t.create_customer_group(body))
+
+
+@route("POST", "/customer-groups/([^/]+)/members")
+def customer_group_members(t: Tenant, body: dict[str, Any], _r: Request, chat_id: str) -> dict[str, Any]:
+    """``{"add"?: [userid | member mapping], "remove"?: [userid], "join_scene"?: 0|3, "quit_scene"?: 0|1}``."""
+    group = t.change_customer_group_members(
+        chat_id,
+        add=body.get("add", []),
+        remove=body.get("remove", []),
+        join_scene=int(body.get("join_scene", 0)),
+        quit_scene=int(body.get("quit_scene", 0)),
+    )
+    return asdict(group)
+
+
+@route("POST", "/customer-groups/([^/]+)")
+def customer_group_update(t: Tenant, body: dict[str, Any], _r: Request, chat_id: str) -> dict[str, Any]:
+    """``{"name"?, "notice"?, "owner"?}`` changed in the client (change_name / change_notice / change_owner)."""
+    return asdict(t.update_customer_group(chat_id, body))
+
+
+@route("DELETE", "/customer-groups/([^/]+)")
+def customer_group_dismiss(t: Tenant, _b: dict[str, Any], _r: Request, chat_id: str) -> dict[str, Any]:
+    t.dismiss_customer_group(chat_id)
+    return {"dismissed": chat_id}
 
 
 @route("GET", "/changes")
@@ -326,7 +338,7 @@ def changes(t: Tenant, _b: dict[str, Any], request: Request) -> dict[str, Any]:
     with t.lock:
         return {
             "changes": [
-                {"type": type(c).__name__, "change_type": c.change_type, **asdict(c)}
+                {"type": type(c).__name__, "event": c.event, "change_type": c.change_type, **asdict(c)}
                 for c in t.changes
                 if c.seq > since
             ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from .codes import ApiError
 from .framework import APP_OR_SYNC, Ctx, endpoint
-from .state import SENSITIVE_FIELDS, USERID_RE, App, ContactSync, Department, User
+from .state import USERID_RE, App, ContactSync, Department, User
 
 # --------------------------------------------------------------------------------------------------
 # gettoken
@@ -103,44 +103,57 @@ def department_get(ctx: Ctx) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # members
 # --------------------------------------------------------------------------------------------------
-def user_view(ctx: Ctx, user: User, legacy_list: bool = False) -> dict[str, Any]:
-    """``user/get`` shape, with the 2022 sensitive-field rule for new apps (§2.1/§2.4)."""
-    d = ctx.data
-    avatar = user.avatar
+def sensitive_mode(ctx: Ctx) -> str | None:
+    """None (every field), or how the post-2022 rule hides sensitive fields: ``"absent"`` / ``"empty"``."""
+    p = ctx.principal
+    if isinstance(p, App) and p.created_after_2022:
+        return ctx.flags.sensitive_fields
+    return None
+
+
+def user_view(ctx: Ctx, user: User, legacy_list: bool = False, mode: str | None | object = ...) -> dict[str, Any]:
+    """``user/get`` shape, with the 2022 sensitive-field rule for new apps (§2.1/§2.4).
+
+    The fields in :data:`SENSITIVE_FIELDS` are left out (``absent``) or blank (``empty``) for apps
+    created after 2022; ``mode`` may be computed once per request with :func:`sensitive_mode`.
+    """
+    hide = sensitive_mode(ctx) if mode is ... else mode
+    keep, blank = hide is None, hide == "empty"
     out: dict[str, Any] = {
         "userid": user.userid,
         "name": user.name,
         "department": list(user.departments),
         "order": list(user.order),
         "position": user.position,
-        "mobile": user.mobile,
-        "gender": user.gender,
-        "email": user.email,
-        "biz_mail": user.biz_mail,
-        "is_leader_in_dept": list(user.is_leader_in_dept),
-        "direct_leader": list(user.direct_leader),
-        "avatar": avatar,
-        "thumb_avatar": (avatar[:-2] + "/100") if avatar.endswith("/0") else avatar,
-        "telephone": user.telephone,
-        "alias": user.alias,
-        "address": user.address,
-        "main_department": user.main_department,
-        "extattr": {"attrs": []},
-        "status": user.status,
-        "qr_code": "https://open.work.weixin.qq.com/wwopen/userQRCode?vcode=vc"
-        + hashlib.md5(user.key.encode(), usedforsecurity=False).hexdigest()[:16],
-        "external_position": user.external_position,
-        "external_profile": {"external_corp_name": d.corp_name[:16], "external_attr": []},
     }
+    if keep:
+        out.update(mobile=user.mobile, gender=user.gender, email=user.email, biz_mail=user.biz_mail)
+    elif blank:
+        out.update(mobile="", gender="", email="", biz_mail="")
+    out["is_leader_in_dept"] = list(user.is_leader_in_dept)
+    out["direct_leader"] = list(user.direct_leader)
+    if keep:
+        avatar = user.avatar
+        out["avatar"] = avatar
+        out["thumb_avatar"] = (avatar[:-2] + "/100") if avatar.endswith("/0") else avatar
+    elif blank:
+        out.update(avatar="", thumb_avatar="")
+    out["telephone"] = user.telephone
+    out["alias"] = user.alias
+    if keep or blank:
+        out["address"] = user.address if keep else ""
+    out["main_department"] = user.main_department
+    out["extattr"] = {"attrs": []}
+    out["status"] = user.status
+    if keep:
+        digest = hashlib.md5(user.key.encode(), usedforsecurity=False).hexdigest()[:16]
+        out["qr_code"] = "https://open.work.weixin.qq.com/wwopen/userQRCode?vcode=vc" + digest
+    elif blank:
+        out["qr_code"] = ""
+    out["external_position"] = user.external_position
+    out["external_profile"] = {"external_corp_name": ctx.data.corp_name[:16], "external_attr": []}
     if legacy_list:
         out["enable"] = 0 if user.status == 2 else 1
-    p = ctx.principal
-    if isinstance(p, App) and p.created_after_2022:
-        for name in SENSITIVE_FIELDS:
-            if ctx.flags.sensitive_fields == "absent":
-                out.pop(name, None)
-            else:
-                out[name] = ""
     return out
 
 
@@ -184,7 +197,8 @@ def user_simplelist(ctx: Ctx) -> dict[str, Any]:
 
 @endpoint("user/list", "GET", list_fields={"userlist": []}, contact_sync_detail=True)
 def user_list(ctx: Ctx) -> dict[str, Any]:
-    return {"userlist": [user_view(ctx, u, legacy_list=True) for u in _members_of(ctx)]}
+    mode = sensitive_mode(ctx)
+    return {"userlist": [user_view(ctx, u, legacy_list=True, mode=mode) for u in _members_of(ctx)]}
 
 
 def _encode_cursor(seed: int, offset: int) -> str:

@@ -9,6 +9,7 @@ owner). The same N and seed always give the same tenant, secrets included.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -48,8 +49,15 @@ def load_org(source: Any) -> CorpData:
     """Build corp state from ``"generated:N[:seed]"``, a path to a .yaml/.yml/.json file, or a dict."""
     if isinstance(source, dict):
         return build_corp(source)
+    return build_corp(org_spec(source))
+
+
+def org_spec(source: Any) -> dict[str, Any]:
+    """The org mapping behind ``source`` (a copy), e.g. to adjust it before :func:`build_corp`."""
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
     if isinstance(source, Path):
-        return build_corp(_read_file(source))
+        return _read_file(source)
     if isinstance(source, str):
         if source.startswith("generated:"):
             parts = source.split(":")
@@ -58,8 +66,8 @@ def load_org(source: Any) -> CorpData:
                 seed = int(parts[2]) if len(parts) > 2 else 0
             except (IndexError, ValueError) as exc:
                 raise OrgError(f"expected generated:N[:seed], got {source!r}") from exc
-            return build_corp(generate_org(n, seed))
-        return build_corp(_read_file(Path(source)))
+            return generate_org(n, seed)
+        return _read_file(Path(source))
     raise OrgError(f"unsupported org source {source!r}")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from . import admin, api_chat, api_directory, api_external, api_message  # noqa: F401  (register endpoints)
+from . import admin, api_chat, api_directory, api_external, api_message, callbacks, ui  # noqa: F401  (registers)
 from .codes import NOT_IMPLEMENTED, WRONG_JSON_WARNING, ApiError, more_info_url
 from .framework import REGISTRY, Ctx
 from .state import Fault, Tenant
@@ -49,6 +49,7 @@ class EmulatorApp:
 
     def __init__(self, tenant: Tenant) -> None:
         self.tenant = tenant
+        callbacks.hub_for(tenant)  # change_contact & co. reach the configured receivers
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -57,6 +58,8 @@ class EmulatorApp:
         try:
             if path.startswith("/cgi-bin/"):
                 response = self.api(request)
+            elif path == "/_emulator/ui" or path.startswith("/_emulator/ui/"):
+                response = ui.dispatch(self.tenant, request)
             elif path == "/_emulator" or path.startswith("/_emulator/"):
                 response = admin.dispatch(self.tenant, request)
             else:

@@ -51,6 +51,10 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "owner_succession": ("earliest", "random", "none"),
     "disabled_member_in_chat": ("keep", "remove"),
     "groupchat_resigned_listing": ("doc", "observed"),
+    "callback_update_fields": ("changed", "all"),
+    "contact_callback_minimal_update_user": ("always", "ids_changed"),
+    "callback_timestamp": ("tenant", "wall"),
+    "external_chat_receiver": ("app", "contact_sync", "both"),
 }
 
 
@@ -106,6 +110,18 @@ class Flags:
     media_check_format: bool = True
     error_headers: bool = True
     request_log_max: int = 100_000
+    # callbacks (§7, §8; emulator/callbacks.py)
+    contact_callback_pre_2022: bool = False  # contact-sync receiver configured before 2022-08-15: full payloads
+    callback_update_fields: str = "changed"  # update_user/update_party: only changed fields, or every field
+    contact_callback_minimal_update_user: str = "always"  # minimised update_user on any change, or on id changes
+    external_chat_receiver: str = "app"  # change_external_chat goes to the app receiver(s) in 客户联系
+    callback_timeout: float = 5.0  # seconds before WeCom gives up on an attempt
+    callback_retries: int = 3  # re-sends after the first attempt ("总共重试三次": 3 retries, 4 deliveries)
+    callback_retry_delay: float = 0.0  # seconds between a failed attempt and the next
+    callback_verify_timeout: float = 1.0  # URL verification deadline
+    callback_timestamp: str = "tenant"  # query timestamp and CreateTime from the tenant clock or the wall clock
+    callback_workers: int = 1  # deliveries sent in parallel
+    callback_log_max: int = 10_000  # deliveries kept in the log
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Validate and apply ``changes``; raises :class:`ValueError` naming the bad flag."""
@@ -127,6 +143,12 @@ class Flags:
                     raise ValueError(f"flag {name!r} takes an integer")
                 if value < 0:
                     raise ValueError(f"flag {name!r} must be >= 0")
+            elif "float" in str(known[name].type):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"flag {name!r} takes a number")
+                if value < 0:
+                    raise ValueError(f"flag {name!r} must be >= 0")
+                value = float(value)
             elif not isinstance(value, str):
                 raise ValueError(f"flag {name!r} takes a string")
             if name in _CHOICES and value not in _CHOICES[name]:
@@ -386,6 +408,10 @@ class Change:
     def change_type(self) -> str:  # the change_contact ChangeType
         raise NotImplementedError
 
+    @property
+    def event(self) -> str:  # the callback Event
+        return "change_contact"
+
 
 @dataclass(frozen=True)
 class UserCreated(Change):
@@ -459,6 +485,28 @@ class TagUpdated(Change):
     @property
     def change_type(self) -> str:
         return "update_tag"
+
+
+@dataclass(frozen=True)
+class ExternalChatChanged(Change):
+    """A customer group changed in the WeCom client (change_external_chat, §8.6); never from the API."""
+
+    chat_id: str
+    kind: str  # "create" | "update" | "dismiss" (the ChangeType)
+    update_detail: str | None = None  # add_member · del_member · change_owner · change_name · change_notice
+    join_scene: int | None = None
+    quit_scene: int | None = None
+    members: tuple[str, ...] = ()  # MemChangeList
+    last_mem_ver: str | None = None
+    cur_mem_ver: str | None = None
+
+    @property
+    def change_type(self) -> str:
+        return self.kind
+
+    @property
+    def event(self) -> str:
+        return "change_external_chat"
 
 
 ChangeListener = Callable[[Change], None]
@@ -743,6 +791,9 @@ class Tenant:
         self._release = threading.Event()
         self.inflight = 0
         self.generation = 0  # bumped on reset: a request asleep across a reset must not touch the new corp
+        self.base_flags: dict[str, Any] = {}  # flags re-applied after every reset (e.g. from the CLI)
+        self._reset_listeners: list[Callable[[], None]] = []
+        self.callbacks: Any = None  # the callback hub (emulator/callbacks.py), attached by the server
 
     # ---- construction / reset ------------------------------------------------------------------
     @classmethod
@@ -755,7 +806,8 @@ class Tenant:
     def reset(self, source: Any = None, clock: Clock | None = None) -> None:
         """Replace the corp with a fresh one from ``source`` (default: the original source).
 
-        Also resets flags, counters, faults, the request log and the caller-ip override, releases
+        Also resets flags (to defaults plus :attr:`base_flags`), counters, faults, the request log and
+        the caller-ip override, runs the :meth:`on_reset` hooks (the callback hub resets), releases
         threads sleeping in faults, and, for a manual clock, restarts it at its default start.
         """
         from .org import load_org
@@ -768,6 +820,7 @@ class Tenant:
             self.data = data
             self.source = src
             self.flags = Flags()
+            self.flags.update(self.base_flags)
             self.rng = random.Random(data.seed)
             self.limiter = Limiter(sliding=True)
             self.request_log.clear(self.flags.request_log_max)
@@ -780,6 +833,17 @@ class Tenant:
                 self.clock = clock
             elif getattr(self.clock, "manual", False):
                 self.clock = ManualClock()
+            hooks = list(self._reset_listeners)
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # a hook bug must not break the reset
+                log.exception("reset hook failed")
+
+    def on_reset(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` after every :meth:`reset` (outside the lock)."""
+        with self.lock:
+            self._reset_listeners.append(hook)
 
     def set_flags(self, changes: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -1280,6 +1344,126 @@ class Tenant:
             record = TagUpdated(seq, at, tagid, tuple(added), tuple(removed), tuple(padd), tuple(pdel))
         self._emit([record])
         return tag
+
+    # ---- customer groups (changes made in the WeCom client: change_external_chat) ---------------
+    def create_customer_group(self, spec: dict[str, Any]) -> CustomerGroup:
+        """A member creates a customer group in the client (change_external_chat / create)."""
+        owner = spec.get("owner")
+        if not isinstance(owner, str) or not owner:
+            raise DirectoryError("missing 'owner'")
+        with self.lock:
+            chat_id = spec.get("chat_id") or self.next_id("wr", 30)
+            if chat_id in self.data.customer_groups:
+                raise DirectoryError(f"customer group {chat_id!r} exists")
+            members = spec.get("members") or [{"userid": owner, "type": 1}]
+            now = int(self.now())
+            group = CustomerGroup(
+                chat_id=chat_id,
+                name=str(spec.get("name", "")),
+                owner=owner,
+                create_time=now,
+                members=[
+                    {"join_time": now, "join_scene": 1, "name": m.get("userid"), "group_nickname": "", **m}
+                    for m in members
+                ],
+                notice=str(spec.get("notice", "")),
+                admins=[str(x) for x in spec.get("admins", [])],
+            )
+            self.data.customer_groups[chat_id] = group
+            seq, at = self._next_change()
+            record = ExternalChatChanged(seq, at, chat_id, "create")
+        self._emit([record])
+        return group
+
+    def _group(self, chat_id: str) -> CustomerGroup:
+        group = self.data.customer_groups.get(chat_id)
+        if group is None:
+            raise DirectoryError(f"customer group {chat_id!r} not found (40050)")
+        return group
+
+    def change_customer_group_members(
+        self,
+        chat_id: str,
+        add: Iterable[dict[str, Any] | str] = (),
+        remove: Iterable[str] = (),
+        join_scene: int = 0,
+        quit_scene: int = 0,
+    ) -> CustomerGroup:
+        """Members join (add_member) or leave (del_member) a customer group; one record per direction."""
+        records: list[Change] = []
+        with self.lock:
+            group = self._group(chat_id)
+            now = int(self.now())
+            present = {m["userid"].lower() for m in group.members}
+            version_before_add = group.member_version()
+            added: list[str] = []
+            for raw in add:
+                m = {"userid": raw} if isinstance(raw, str) else dict(raw)
+                uid = m.get("userid")
+                if not isinstance(uid, str) or not uid:
+                    raise DirectoryError("a member needs a 'userid'")
+                if uid.lower() in present:
+                    continue
+                internal = self.find_user(uid) is not None
+                m.setdefault("type", 1 if internal else 2)
+                group.members.append(
+                    {"join_time": now, "join_scene": 3 if join_scene == 3 else 1, "name": uid, "group_nickname": "",
+                     **m}
+                )  # fmt: skip
+                present.add(uid.lower())
+                added.append(uid)
+            if added:
+                seq, at = self._next_change()
+                records.append(
+                    ExternalChatChanged(seq, at, chat_id, "update", "add_member", join_scene, None,
+                                        tuple(added), version_before_add, group.member_version())
+                )  # fmt: skip
+            wanted = {uid.lower() for uid in remove}
+            if group.owner.lower() in wanted:
+                raise DirectoryError("the owner cannot leave the group; change the owner first")
+            gone = [m["userid"] for m in group.members if m["userid"].lower() in wanted]
+            if gone:
+                before = group.member_version()
+                group.members = [m for m in group.members if m["userid"].lower() not in wanted]
+                group.admins = [a for a in group.admins if a.lower() not in wanted]
+                seq, at = self._next_change()
+                records.append(ExternalChatChanged(seq, at, chat_id, "update", "del_member", None, quit_scene,
+                                                   tuple(gone), before, group.member_version()))  # fmt: skip
+        self._emit(records)
+        return group
+
+    def update_customer_group(self, chat_id: str, changes: dict[str, Any]) -> CustomerGroup:
+        """Rename (change_name), edit the notice (change_notice) or hand over (change_owner) in the client."""
+        unknown = set(changes) - {"name", "notice", "owner"}
+        if unknown:
+            raise DirectoryError(f"unknown customer group fields: {sorted(unknown)}")
+        records: list[Change] = []
+        with self.lock:
+            group = self._group(chat_id)
+            for name, detail in (("name", "change_name"), ("notice", "change_notice"), ("owner", "change_owner")):
+                if name not in changes or getattr(group, name) == changes[name]:
+                    continue
+                value = str(changes[name])
+                if name == "owner":
+                    user = self._require_user(value)
+                    value = user.userid
+                    if user.key not in {m["userid"].lower() for m in group.members}:
+                        group.members.append({"userid": value, "type": 1, "join_time": int(self.now()),
+                                              "join_scene": 1, "name": value, "group_nickname": ""})  # fmt: skip
+                setattr(group, name, value)
+                seq, at = self._next_change()
+                records.append(ExternalChatChanged(seq, at, chat_id, "update", detail))
+        self._emit(records)
+        return group
+
+    def dismiss_customer_group(self, chat_id: str) -> None:
+        """The owner dismisses the group (change_external_chat / dismiss)."""
+        with self.lock:
+            self._group(chat_id)
+            del self.data.customer_groups[chat_id]
+            seq, at = self._next_change()
+            record = ExternalChatChanged(seq, at, chat_id, "dismiss")
+        self._emit([record])
 
     # ---- faults --------------------------------------------------------------------------------
     def add_fault(self, spec: dict[str, Any]) -> Fault:

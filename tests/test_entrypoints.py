@@ -43,13 +43,13 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_dev_start_serves_healthz_and_runs_jobs_in_one_process(tmp_path):
-    port = _free_port()
+def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
+    port, sandbox_port = _free_port(), _free_port()
     database = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
     proc = subprocess.Popen(
         ["./dev", "start"],
         cwd=ROOT,
-        env=_env(PORT=str(port), DATABASE_URL=database, LOG_LEVEL="WARNING"),
+        env=_env(PORT=str(port), SANDBOX_PORT=str(sandbox_port), DATABASE_URL=database, LOG_LEVEL="WARNING"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,6 +60,15 @@ def test_dev_start_serves_healthz_and_runs_jobs_in_one_process(tmp_path):
         base = f"http://127.0.0.1:{port}"
         assert _wait_http(f"{base}/healthz", proc).json() == {"status": "ok"}
         assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        sandbox = f"http://127.0.0.1:{sandbox_port}/_emulator"
+        assert "星河" in requests.get(f"{sandbox}/ui", timeout=5).text  # the seeded demo org
+
+        # The start-up alert travels: worker -> WeCom transport -> the tenant -> the IT heads.
+        def alert_delivered() -> bool:
+            messages = requests.get(f"{sandbox}/messages", params={"path": "message"}, timeout=5).json()["messages"]
+            return any("演示已启动" in str(m.get("content")) for m in messages)
+
+        procs.wait_for(alert_delivered, 30, interval=0.3, what="the demo alert to reach WeCom")
         enqueue = subprocess.run(
             [sys.executable, "-m", "wecom_plugin", "jobs", "enqueue", "noop", "--count", "3"],
             cwd=ROOT, env=_env(WECOM_SANDBOX="true", DATABASE_URL=database), capture_output=True, text=True,
@@ -69,13 +78,14 @@ def test_dev_start_serves_healthz_and_runs_jobs_in_one_process(tmp_path):
 
         def all_done() -> bool:
             status = requests.get(f"{base}/status", timeout=5).json()
-            return status["jobs"].get("done") == 3 and status["healthy"]
+            return status["jobs"].get("done") == 4 and status["healthy"]
 
         procs.wait_for(all_done, 30, interval=0.3, what="the in-process worker to run the jobs")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=30)
-    assert proc.returncode == 0
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "沙箱租户页面 tenant UI" in out
 
 
 def test_gunicorn_serves_the_app_with_the_procfile_command(tmp_path):

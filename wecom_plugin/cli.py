@@ -103,6 +103,22 @@ def run_all(host: str, port: int, worker_threads: int) -> None:
     run_all_in_one(current_app._get_current_object(), host=host, port=port, worker_threads=worker_threads)
 
 
+@cli.command("demo", with_appcontext=False)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int, help="The plugin's port.")
+@click.option("--sandbox-port", default=8790, show_default=True, type=int, help="The sandbox tenant's port.")
+@click.option("--org", default="generated:200:7", show_default=True, help="generated:N[:seed] or a YAML/JSON file.")
+def demo_command(host: str, port: int, sandbox_port: int, org: str) -> None:
+    """Run the plugin against a sandbox tenant seeded with a realistic org (the README's run command).
+
+    Starts the sandbox tenant (a WeCom emulator) in this process, then web, worker and clock against it,
+    and prints where to look.
+    """
+    from wecom_plugin import demo
+
+    demo.start(host=host, port=port, sandbox_port=sandbox_port, org=org)
+
+
 @cli.command("worker")
 @click.option("--batch-size", type=int, default=None, help="Jobs claimed per statement (default WORKER_BATCH_SIZE).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs (tests, benchmarks).")
@@ -347,6 +363,12 @@ def audit_export(start: str | None, end: str | None, fmt: str, output: str) -> N
             stream.write(chunk)
 
 
+def _register_emulator_command() -> None:
+    from wecom_plugin.emulator.cli import register
+
+    register(cli)
+
+
 def _register_db_commands() -> None:
     # Flask-Migrate's `db` group (upgrade, downgrade, current, history, ...), under our script.
     from flask_migrate.cli import db as db_group
@@ -356,6 +378,7 @@ def _register_db_commands() -> None:
 
 
 _register_db_commands()
+_register_emulator_command()
 
 from wecom_plugin.cli_api import register as _register_api_commands  # noqa: E402
 

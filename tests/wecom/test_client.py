@@ -397,15 +397,12 @@ def test_http_errors_and_bodies_that_are_not_json_objects_are_network_errors(sta
         stub.stop()
 
 
-def test_http_error_faults_in_the_emulator(emulator):
-    resp = emulator.http.post(
-        f"{emulator.base_url}/_emulator/faults",
-        json={"action": "http_status", "endpoint": "department/simplelist", "status": 502},
-    )
-    if resp.status_code != 200:
-        pytest.skip("emulator feature missing: a fault answering a non-200 HTTP status or a non-JSON body")
-    with pytest.raises(WeComNetworkError):
+@pytest.mark.parametrize("spec", [{"action": "http_status", "status": 502}, {"action": "bad_body"}])
+def test_a_non_json_or_non_200_answer_is_a_retryable_network_error(emulator, spec):
+    fault(emulator, endpoint="department/simplelist", **spec)
+    with pytest.raises(WeComNetworkError) as info:
         department.simplelist(make_client(emulator))
+    assert info.value.side_effect_possible is False  # a read: safe to retry
 
 
 # --- the guard ----------------------------------------------------------------------------------

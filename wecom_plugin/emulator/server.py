@@ -97,6 +97,10 @@ class EmulatorApp:
                     if t.inflight > t.flags.max_concurrency:
                         raise ApiError(45033)
             applied = t.matching_faults(name, ctx.chatids())
+            broken = self.broken_transport(applied)
+            if broken is not None:
+                self.log(ctx, {"errcode": None, "http_status": broken.status_code}, applied, started)
+                return broken
             payload = self.run(ctx, applied)
         except ApiError as exc:
             payload = self.error_body(ctx, exc)
@@ -112,6 +116,17 @@ class EmulatorApp:
             headers = {"Error-Code": str(errcode), "Error-Msg": msg}
         self.log(ctx, payload, applied, started)
         return json_response(payload, headers=headers)
+
+    @staticmethod
+    def broken_transport(faults: list[Fault]) -> Response | None:
+        """What a failing proxy or load balancer in front of WeCom answers: not WeCom's JSON at all."""
+        for fault in faults:
+            if fault.action == "http_status":
+                return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", status=fault.status,
+                                content_type="text/html")  # fmt: skip
+            if fault.action == "bad_body":
+                return Response("<html>service temporarily unavailable</html>", status=200, content_type="text/html")
+        return None
 
     def run(self, ctx: Ctx, faults: list[Fault]) -> dict[str, Any]:
         t = self.tenant

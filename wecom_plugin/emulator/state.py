@@ -652,7 +652,16 @@ class RequestLog:
         return self._seq
 
 
-FAULT_ACTIONS = ("errcode", "timeout", "timeout_after_apply", "latency", "empty_directory", "truncated_directory")
+FAULT_ACTIONS = (
+    "errcode",
+    "timeout",
+    "timeout_after_apply",
+    "latency",
+    "empty_directory",
+    "truncated_directory",
+    "http_status",  # a gateway in front of WeCom failing: HTTP `status` (default 502), an HTML body
+    "bad_body",  # HTTP 200 with a body that is not JSON
+)
 
 
 @dataclass
@@ -667,6 +676,7 @@ class Fault:
     times: int | None = None  # remaining applications; None = until removed
     probability: float = 1.0
     keep: int | None = None  # truncated_directory: rows kept (default: half)
+    status: int = 502  # http_status: the HTTP status answered
     hits: int = 0
 
     def view(self) -> dict[str, Any]:

@@ -25,6 +25,8 @@ WECOM_CALLBACK_MAX_SKEW = "300"
 WECOM_TIMEZONE = "Asia/Shanghai"
 # small | medium | large: WeCom's hourly appchat message caps depend on the corp's size.
 WECOM_CORP_SIZE = "small"
+# Share of each WeCom limit the plugin uses (0-1]: the limits are per corp, across all of its apps.
+WECOM_BUDGET_HEADROOM = "0.9"
 
 # --- Background runtime ----------------------------------------------------------------------------
 # Seconds a claimed job (or inbox row, or occurrence) stays leased without a heartbeat.

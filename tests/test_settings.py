@@ -85,6 +85,8 @@ def test_a_second_callback_key_pair_is_accepted_for_rotation():
         ({"WECOM_PLUGIN_ENCRYPTION_KEY": "abcd"}, "WECOM_PLUGIN_ENCRYPTION_KEY: must decode to 32 bytes"),
         ({"WECOM_TIMEZONE": "Mars/Olympus"}, "WECOM_TIMEZONE: unknown time zone"),
         ({"WECOM_CORP_SIZE": "huge"}, "WECOM_CORP_SIZE: must be one of small, medium, large"),
+        ({"WECOM_BUDGET_HEADROOM": "1.5"}, "WECOM_BUDGET_HEADROOM: must be a share between 0 and 1"),
+        ({"WECOM_BUDGET_HEADROOM": "0"}, "WECOM_BUDGET_HEADROOM: must be at least 0.01"),
         ({"WECOM_SANDBOX": "yes-ish"}, "WECOM_SANDBOX: must be true or false"),
         ({"WECOM_API_BASE_URL": "ftp://x"}, "WECOM_API_BASE_URL: must be an http(s) URL"),
         ({"ALERT_WEBHOOK_URL": "not a url"}, "ALERT_WEBHOOK_URL: must be an http(s) URL"),

@@ -71,6 +71,7 @@ class Settings:
     callback_max_skew: int
     timezone: str
     corp_size: str
+    budget_headroom: float
     encryption_key: bytes = field(repr=False)
     job_lease_seconds: float
     worker_batch_size: int
@@ -209,6 +210,7 @@ def load_settings(
         callback_max_skew=max_skew,
         timezone=timezone,
         corp_size=corp_size,
+        budget_headroom=_share("WECOM_BUDGET_HEADROOM", v.number("WECOM_BUDGET_HEADROOM", minimum=0.01)),
         encryption_key=encryption_key,
         job_lease_seconds=v.number("JOB_LEASE_SECONDS", minimum=1.0),
         worker_batch_size=v.integer("WORKER_BATCH_SIZE", minimum=1, maximum=1000),
@@ -344,6 +346,12 @@ def _integer(name: str, raw: str, minimum: int | None = None, maximum: int | Non
         raise SettingsError(name, f"must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise SettingsError(name, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def _share(name: str, value: float) -> float:
+    if value > 1:
+        raise SettingsError(name, f"must be a share between 0 and 1, got {value:g}")
     return value
 
 

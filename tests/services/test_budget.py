@@ -306,3 +306,12 @@ def test_four_processes_asking_for_1000_chat_changes_get_at_most_900_an_hour(db_
     # Exactly the granted calls reached WeCom; the denied ones sent nothing.
     assert len(emulator.requests(endpoint="appchat/update")) == granted
     assert all(r["errcode"] == 0 for r in emulator.requests(endpoint="appchat/update"))
+
+
+def test_the_headroom_setting_reaches_the_budget_the_client_uses(make_app):
+    from wecom_plugin.extensions import db
+    from wecom_plugin.services.wecom import budget_for
+
+    app = make_app(WECOM_BUDGET_HEADROOM="0.5")
+    with app.app_context():
+        assert budget_for(db.engine, app.extensions["wecom_settings"]).headroom == 0.5

@@ -65,8 +65,9 @@ def token_store_for(engine: sa.Engine, settings: Settings) -> DbTokenStore:
 
 
 def budget_for(engine: sa.Engine, settings: Settings, **options: Any) -> DbBudget:
-    """The :class:`DbBudget` for ``settings``' corp size and time zone (90 % headroom unless given)."""
+    """The :class:`DbBudget` for ``settings``' corp size, time zone and WECOM_BUDGET_HEADROOM."""
     options.setdefault("corp_size", settings.corp_size)
+    options.setdefault("headroom", settings.budget_headroom)
     options.setdefault("timezone", settings.timezone)
     return DbBudget(engine, **options)
 

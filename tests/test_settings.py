@@ -166,3 +166,18 @@ def test_sandbox_secrets_are_shared_by_every_process_of_one_instance(tmp_path):
     assert (tmp_path / "sandbox-secrets.json").stat().st_mode & 0o777 == 0o600
     other = load_settings(environ={}, overrides={"WECOM_SANDBOX": "true"}, instance_path=tmp_path / "other")
     assert other.secret_key != first.secret_key
+
+
+def test_debug_logs_never_show_the_access_token_or_the_secret(tmp_path):
+    script = (
+        "import logging, requests\n"
+        "from wecom_plugin.cli import configure_logging\n"
+        "configure_logging('DEBUG')\n"
+        "logging.getLogger('urllib3.connectionpool').setLevel(logging.DEBUG)\n"
+        "logging.getLogger('x').debug('GET /cgi-bin/gettoken?corpid=ww1&corpsecret=SECRET_VALUE_1 HTTP/1.1')\n"
+        "logging.getLogger('x').info('calling %s', 'message/send?access_token=TOKEN_VALUE_2&debug=1')\n"
+    )
+    result = _run([sys.executable, "-c", script], {})
+    assert result.returncode == 0, result.stderr
+    assert "SECRET_VALUE_1" not in result.stderr and "TOKEN_VALUE_2" not in result.stderr
+    assert "corpsecret=***" in result.stderr and "access_token=***" in result.stderr

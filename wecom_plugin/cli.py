@@ -30,13 +30,32 @@ def _create_app():
     return create_app()
 
 
+class RedactSecrets(logging.Filter):
+    """Masks access tokens, secrets, robot keys and OAuth codes in URLs of any log line.
+
+    Third-party libraries log request URLs (urllib3 at DEBUG), and WeCom puts the access token in
+    the query string; this filter sits on the handler, so nothing reaches the log unmasked.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from wecom_plugin.wecom.errors import redact
+
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Plain, single-line logs to stderr (called by entry points, never at import)."""
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+    handler.addFilter(RedactSecrets())
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler])
+    # urllib3 logs every request URL at DEBUG; keep it quiet even when the plugin debugs.
+    for noisy in ("urllib3", "requests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class PluginGroup(FlaskGroup):

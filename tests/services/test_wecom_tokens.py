@@ -287,3 +287,37 @@ def test_a_guard_that_writes_to_sqlite_does_not_deadlock_with_the_refresh_lock(a
     assert len(department.simplelist(client)) > 1
     assert time.monotonic() - started < 5  # a self-lock would wait for the 30 s busy timeout
     assert len(renewals) == 2  # before gettoken, before the call
+
+
+def test_a_slow_gettoken_on_sqlite_does_not_hold_the_database_write_lock(make_app):
+    """Other writers (callbacks being stored, job claims) must not wait for WeCom's answer."""
+    import threading as _threading
+    import time as _time
+
+    import sqlalchemy as _sa
+
+    from wecom_plugin.extensions import db as _db
+    from wecom_plugin.services.wecom import token_store_for
+
+    app = make_app(SQLITE_BUSY_TIMEOUT="10")
+    settings = app.extensions["wecom_settings"]
+    with app.app_context():
+        engine = _db.engine
+    store = token_store_for(engine, settings)
+    inside = _threading.Event()
+
+    def slow_fetch():
+        inside.set()
+        _time.sleep(2)
+        return "TOKEN-SLOW", 7200
+
+    refresher = _threading.Thread(target=lambda: store.refresh("k" * 64, slow_fetch))
+    refresher.start()
+    assert inside.wait(5)
+    started = _time.monotonic()
+    with engine.begin() as conn:  # an unrelated write while gettoken is in flight
+        conn.execute(_sa.text("INSERT INTO rate_counter (bucket, window_start, count) VALUES ('x', 1, 1)"))
+    waited = _time.monotonic() - started
+    refresher.join()
+    assert waited < 0.5
+    assert store.get("k" * 64) == "TOKEN-SLOW"

@@ -553,3 +553,40 @@ def test_tokens_expire_by_the_store_clock_not_wecoms(emulator):
     now[0] = (timedelta(hours=2) - timedelta(minutes=4)).total_seconds()
     department.simplelist(client)
     assert count(emulator, "gettoken") == 2
+
+
+def test_a_server_dripping_its_answer_cannot_hold_a_call_past_its_deadline():
+    # Every byte arrives well within the read timeout, but the whole answer would take ~10 s.
+    body = b'{"errcode":0,"errmsg":"ok","department_id":[' + b" " * 40 + b"]}"
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.15)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = MemoryTokenStore()
+        store.refresh(token_key("ww1", "s"), lambda: ("TOKEN", 7200))
+        client = WeComClient(
+            corp_id="ww1", secret="s", base_url=f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/",
+            token_store=store, timeout=(0.5, 0.5),
+        )  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(WeComNetworkError, match="deadline"):
+            department.simplelist(client)
+        assert time.monotonic() - started < 2.5  # connect + read timeouts, plus one read
+    finally:
+        server.shutdown()
+        server.server_close()

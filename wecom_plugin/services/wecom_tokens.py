@@ -22,9 +22,12 @@ token while it is comfortably valid, so most calls need no database read at all.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -55,7 +58,8 @@ class DbTokenStore:
         self._fernet = _fernet(encryption_key)
         self._use_memo = memo
         self._memo: dict[str, tuple[str, float]] = {}  # key -> (token, time.monotonic() it stays fresh until)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the memo
+        self._refresh_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show tokens
         return f"<DbTokenStore {self._engine.url.render_as_string(hide_password=True)}>"
@@ -84,7 +88,10 @@ class DbTokenStore:
     def refresh(self, key: str, fetch: Fetch, *, early: float = EARLY_REFRESH_SECONDS, stale: str | None = None) -> str:
         if stale is not None:
             self._memo_drop(key, stale)
-        with self._engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
+        if self._engine.dialect.name == "sqlite":
+            with self._sqlite_refresh_lock(key):
+                return self._refresh_without_transaction(key, fetch, early, stale)
+        with self._engine.begin() as conn:
             conn.execute(
                 insert_for(conn, TABLE).values(key=key, fetch_count=0).on_conflict_do_nothing(index_elements=["key"])
             )
@@ -114,6 +121,58 @@ class DbTokenStore:
         self._memo_put(key, token, now, expires_at, now, early)
         log.info("wecom access token refreshed (key %s..., valid %.0f s)", key[:8], float(expires_in))
         return token
+
+    def _refresh_without_transaction(self, key: str, fetch: Fetch, early: float, stale: str | None) -> str:
+        """SQLite: a transaction there holds the database's only write lock, and every other writer
+        (callbacks being stored, job claims) would wait for the whole gettoken call. So refreshers
+        queue on a file lock instead, and the database is touched only in two short transactions."""
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(sqlite_begin="DEFERRED")
+            row = conn.execute(
+                sa.select(TABLE.c.token_encrypted, TABLE.c.expires_at, TABLE.c.fetched_at).where(TABLE.c.key == key)
+            ).first()
+            now = db_now(conn)
+        current = self._decrypt(row.token_encrypted, key) if row is not None else None
+        if (
+            current is not None
+            and _fresh(now, row.expires_at, row.fetched_at, early)
+            and not same_token(current, stale)
+        ):
+            self._memo_put(key, current, now, row.expires_at, row.fetched_at, early)
+            return current  # another process refreshed it while we waited for the lock
+        token, expires_in = fetch()
+        with self._engine.begin() as conn:
+            fetched_at = db_now(conn)
+            expires_at = fetched_at + timedelta(seconds=float(expires_in))
+            values = {
+                "token_encrypted": self._fernet.encrypt(token.encode()),
+                "expires_at": expires_at,
+                "fetched_at": fetched_at,
+            }
+            conn.execute(
+                insert_for(conn, TABLE)
+                .values(key=key, fetch_count=1, **values)
+                .on_conflict_do_update(index_elements=["key"], set_={**values, "fetch_count": TABLE.c.fetch_count + 1})
+            )
+        self._memo_put(key, token, fetched_at, expires_at, fetched_at, early)
+        log.info("wecom access token refreshed (key %s..., valid %.0f s)", key[:8], float(expires_in))
+        return token
+
+    @contextlib.contextmanager
+    def _sqlite_refresh_lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock shared by every process using this SQLite file (a lock file beside it)."""
+        database = self._engine.url.database
+        if not database or database == ":memory:":
+            with self._refresh_lock:  # one process only: a thread lock is enough
+                yield
+            return
+        path = f"{database}.wecom-token-{key[:16]}.lock"
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # --- helpers --------------------------------------------------------------------------------
     def forget(self, key: str | None = None) -> None:

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import requests
+import urllib3
 
 from wecom_plugin.errors import ConfigurationError
 from wecom_plugin.wecom.budget import Ask, Budget, BudgetExhausted
@@ -348,7 +349,9 @@ class WeComClient:
         timeout: tuple[float, float],
         guarded: bool,
     ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"params": query, "timeout": timeout}
+        # stream=True: the body is read below against an overall deadline (requests' read timeout
+        # applies per socket read, so a server dripping bytes could otherwise hold a call forever).
+        kwargs: dict[str, Any] = {"params": query, "timeout": timeout, "stream": True}
         if files is not None:
             kwargs["files"] = files
         elif body is not None:
@@ -364,13 +367,15 @@ class WeComClient:
             error = _network_error(exc, path, idempotent)
             log.warning("wecom %s %s failed after %.0f ms: %s", method, path, ms, error)
             raise error from None
-        ms = (time.monotonic() - started) * 1000
         try:
             if resp.status_code != 200:
+                ms = (time.monotonic() - started) * 1000
                 log.warning("wecom %s %s answered HTTP %s in %.0f ms", method, path, resp.status_code, ms)
                 raise WeComNetworkError(f"{path}: HTTP {resp.status_code}", path, side_effect_possible=not idempotent)
+            raw = _read_body(resp, path, started + sum(timeout), idempotent)
+            ms = (time.monotonic() - started) * 1000
             try:
-                data = resp.json()
+                data = json.loads(raw)
             except ValueError:
                 data = None
             if not isinstance(data, dict):
@@ -394,6 +399,37 @@ class WeComClient:
             limit = table.get(ask.limit_name)
             if limit is not None and not limit.silent:
                 self.budget.exhaust(ask.limit_name, ask.key)
+
+
+# WeCom's largest answers (a department's member list with details) are well under this.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
+
+def _read_body(resp: requests.Response, path: str, deadline: float, idempotent: bool) -> bytes:
+    """The answer's body, read before ``deadline`` (monotonic) and within :data:`MAX_ANSWER_BYTES`.
+
+    Each read returns what the socket has (``read1``), so the deadline is checked at least once per
+    read timeout however slowly the server sends.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = resp.raw.read1(65536, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise WeComNetworkError(
+                    f"{path}: the answer did not arrive within the call's deadline", path,
+                    side_effect_possible=not idempotent,
+                )  # fmt: skip
+            if size > MAX_ANSWER_BYTES:
+                raise WeComNetworkError(f"{path}: the answer exceeds {MAX_ANSWER_BYTES} bytes", path,
+                                        side_effect_possible=not idempotent)  # fmt: skip
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _network_error(exc, path, idempotent) from None
 
 
 def _errcode(data: Mapping[str, Any]) -> int:

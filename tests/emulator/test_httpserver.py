@@ -108,6 +108,9 @@ def test_http_1_0_closes_after_the_response(server):
         (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", "400"),
         (b"POST / HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n", "413"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"),
+        # int() would accept these; read(-1) would read to EOF, past the body cap.
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", "400"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\n", "400"),
         (b"GET /boom HTTP/1.1\r\n\r\n", "500"),
     ],
 )

@@ -170,10 +170,11 @@ class _Handler(socketserver.StreamRequestHandler):
             parts, total = [], 0
             while True:
                 size_line = self.rfile.readline(MAX_LINE + 1)
-                try:
-                    size = int(size_line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise _BadRequest(400, "bad chunk size") from None
+                size_text = size_line.split(b";")[0].strip()
+                # Hex digits only: int() would also take "-1" (read(-1) reads to EOF, past MAX_BODY) or "+1".
+                if not size_text or len(size_text) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                    raise _BadRequest(400, "bad chunk size")
+                size = int(size_text, 16)
                 if size == 0:
                     while self.rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
@@ -181,7 +182,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 total += size
                 if total > MAX_BODY:
                     raise _BadRequest(413, "request body too large")
-                parts.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) != size:
+                    raise ConnectionError("client closed the connection mid-chunk")
+                parts.append(chunk)
                 self.rfile.readline(MAX_LINE + 1)
         if not length_raw:
             return b""
@@ -215,6 +219,9 @@ class _Handler(socketserver.StreamRequestHandler):
                     close()
         except Exception:
             log.exception("the emulator app failed on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error"
+        if "status" not in state:  # an app that never called start_response
+            log.error("the emulator app gave no status on %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
             return "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")], b"internal error"
         return state["status"], state["headers"], payload
 

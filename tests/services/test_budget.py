@@ -315,3 +315,27 @@ def test_the_headroom_setting_reaches_the_budget_the_client_uses(make_app):
     app = make_app(WECOM_BUDGET_HEADROOM="0.5")
     with app.app_context():
         assert budget_for(db.engine, app.extensions["wecom_settings"]).headroom == 0.5
+
+
+def test_after_a_45009_the_limit_stays_closed_for_the_whole_block_not_just_the_window(app):
+    # Two processes' budgets on one database. WeCom blocks an hourly limit for an hour from the hit.
+    with app.app_context():
+        engine = db.engine
+    first, second = DbBudget(engine), DbBudget(engine)
+    hit = T0.replace(minute=59, second=0)  # a minute before the hourly window turns
+    first.exhaust("appchat.update", block_seconds=3600, now=hit)
+    after_turn = hit + timedelta(minutes=2)  # a new fixed window, but WeCom still blocks
+    grant = second.acquire("appchat.update", now=after_turn)
+    assert not grant.ok and grant.limit_name == "appchat.update"
+    assert hit + timedelta(minutes=59) < grant.retry_at <= hit + timedelta(hours=1, seconds=2)
+    assert second.acquire("appchat.update", now=hit + timedelta(hours=1, seconds=5)).ok
+
+
+def test_a_memory_budget_honours_the_block_too():
+    clock = [T0.timestamp()]
+    budget = MemoryBudget(clock=lambda: clock[0])
+    budget.exhaust("robot.minute", "r1", block_seconds=60)
+    clock[0] += 59
+    assert not budget.acquire("robot.minute", "r1").ok
+    clock[0] += 2
+    assert budget.acquire("robot.minute", "r1").ok

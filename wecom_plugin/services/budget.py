@@ -30,7 +30,17 @@ import sqlalchemy as sa
 from wecom_plugin.models.api_clients import RateCounter
 from wecom_plugin.models.base import insert_for
 from wecom_plugin.models.dbtime import db_now
-from wecom_plugin.wecom.budget import CORP, Ask, Grant, Limit, LimitTable, bucket, denied_grant, window_bounds
+from wecom_plugin.wecom.budget import (
+    CORP,
+    Ask,
+    Grant,
+    Limit,
+    LimitTable,
+    block_bucket,
+    bucket,
+    denied_grant,
+    window_bounds,
+)
 
 RATE = RateCounter.__table__
 BATCH_ROWS = 500  # counters per statement (SQLite binds at most 32,766 parameters)
@@ -65,7 +75,7 @@ class DbBudget(LimitTable):
             try:
                 current = now or db_now(conn)
                 epoch = current.timestamp()
-                blocked: tuple[int, str] | None = None
+                blocked = self._blocked(conn, plan, epoch)
                 for limit, start, end, rows in self._batches(plan, epoch):
                     if not self._take(conn, limit, start, rows) and (blocked is None or end > blocked[0]):
                         blocked = (end, limit.name)
@@ -100,12 +110,35 @@ class DbBudget(LimitTable):
         ).returning(RATE.c.bucket)
         return len(conn.execute(upsert).all()) == len(rows)
 
-    def exhaust(self, limit_name: str, key: str = CORP, *, now: datetime | None = None) -> None:
-        """WeCom answered 45009: count the current window of ``limit_name``/``key`` as used up."""
+    def _blocked(self, conn: sa.Connection, plan: list[tuple[Limit, str, int]], epoch: float) -> tuple[int, str] | None:
+        """The latest block (after a 45009) still in force on any limit of the plan."""
+        names = {block_bucket(limit.name, key): limit.name for limit, key, _n in plan}
+        # A block is a row whose window_start is the block's end: retention prunes it once it is over.
+        rows = conn.execute(
+            sa.select(RATE.c.bucket, sa.func.max(RATE.c.window_start))
+            .where(RATE.c.bucket.in_(names), RATE.c.window_start > epoch)
+            .group_by(RATE.c.bucket)
+        ).all()
+        live = [(int(until), names[name]) for name, until in rows]
+        return max(live) if live else None
+
+    def exhaust(
+        self, limit_name: str, key: str = CORP, *, block_seconds: float | None = None, now: datetime | None = None
+    ) -> None:
+        """WeCom answered 45009: count the current window of ``limit_name``/``key`` as used up, and,
+        with ``block_seconds``, refuse the limit to every process until WeCom's block ends (a minute
+        limit blocks 60 s, an hour limit an hour from the hit, not until the next window)."""
         limit = self.limit(limit_name)
         allowed = limit.allowed(self.headroom)
         with self._engine.begin() as conn:
             current = now or db_now(conn)
+            if block_seconds:
+                until = int(current.timestamp() + block_seconds) + 1
+                conn.execute(
+                    insert_for(conn, RATE)
+                    .values(bucket=block_bucket(limit.name, key), window_start=until, count=1)
+                    .on_conflict_do_nothing(index_elements=[RATE.c.bucket, RATE.c.window_start])
+                )
             start, _end = window_bounds(limit.window, current.timestamp(), self.timezone)
             conn.execute(
                 insert_for(conn, RATE)

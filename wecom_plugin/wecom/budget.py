@@ -151,6 +151,11 @@ def handover_key(old_owner: str, new_owner: str) -> str:
     return f"{old_owner.casefold()}>{new_owner.casefold()}"
 
 
+def block_bucket(limit_name: str, key: str) -> str:
+    """The row marking that WeCom blocks ``limit_name`` for ``key`` (after a 45009)."""
+    return "block:" + bucket(limit_name, key)[len("budget:") :]
+
+
 def bucket(limit_name: str, key: str) -> str:
     """The counter name (``rate_counter.bucket``, at most 200 characters) of ``limit_name`` for ``key``."""
     name = f"budget:{limit_name}:{key}"
@@ -244,7 +249,7 @@ class Budget(Protocol):
 
     def acquire_many(self, asks: Iterable[Ask | tuple[str, str, int]]) -> Grant: ...
 
-    def exhaust(self, limit_name: str, key: str = CORP) -> None: ...
+    def exhaust(self, limit_name: str, key: str = CORP, *, block_seconds: float | None = None) -> None: ...
 
 
 class LimitTable:
@@ -306,6 +311,7 @@ class MemoryBudget(LimitTable):
         self._clock = clock
         self._lock = threading.Lock()
         self.counts: dict[tuple[str, int], int] = {}
+        self.blocks: dict[str, float] = {}  # bucket -> epoch until which WeCom blocks it (after a 45009)
 
     def acquire(self, limit_name: str, key: str = CORP, n: int = 1) -> Grant:
         return self.acquire_many([Ask(limit_name, key, n)])
@@ -317,6 +323,9 @@ class MemoryBudget(LimitTable):
             blocked: tuple[int, str] | None = None
             writes = []
             for limit, key, n in plan:
+                until = self.blocks.get(bucket(limit.name, key), 0)
+                if until > now and (blocked is None or until > blocked[0]):
+                    blocked = (int(until), limit.name)
                 start, end = window_bounds(limit.window, now, self.timezone)
                 slot = (bucket(limit.name, key), start)
                 if self.counts.get(slot, 0) + n > limit.allowed(self.headroom):
@@ -329,12 +338,16 @@ class MemoryBudget(LimitTable):
                 self.counts[slot] = self.counts.get(slot, 0) + n
             return Grant(True)
 
-    def exhaust(self, limit_name: str, key: str = CORP) -> None:
+    def exhaust(self, limit_name: str, key: str = CORP, *, block_seconds: float | None = None) -> None:
         limit = self.limit(limit_name)
         with self._lock:
-            start, _end = window_bounds(limit.window, self._clock(), self.timezone)
+            now = self._clock()
+            start, _end = window_bounds(limit.window, now, self.timezone)
             slot = (bucket(limit_name, key), start)
             self.counts[slot] = max(self.counts.get(slot, 0), limit.allowed(self.headroom))
+            if block_seconds:
+                name = bucket(limit_name, key)
+                self.blocks[name] = max(self.blocks.get(name, 0), now + block_seconds)
 
 
 def _denied(blocked: tuple[int, str], now: float) -> Grant:

@@ -335,7 +335,7 @@ class WeComClient:
                 self._sleep(delay)
             except WeComRateLimited as exc:
                 if exc.endpoint == path:  # not a 45009 from gettoken: that is no limit of this call
-                    self._exhaust(asks)
+                    self._exhaust(asks, exc.retry_after)
                 raise
 
     def _send(
@@ -391,14 +391,15 @@ class WeComClient:
             log.debug("wecom %s %s ok in %.0f ms", method, path, ms)
         return data
 
-    def _exhaust(self, asks: list[Ask]) -> None:
+    def _exhaust(self, asks: list[Ask], block_seconds: float | None) -> None:
+        """WeCom blocks a limit after a 45009 (60 s, an hour, or until midnight): every process stops."""
         if self.budget is None:
             return
         table = getattr(self.budget, "limits", {})
         for ask in asks:
             limit = table.get(ask.limit_name)
             if limit is not None and not limit.silent:
-                self.budget.exhaust(ask.limit_name, ask.key)
+                self.budget.exhaust(ask.limit_name, ask.key, block_seconds=block_seconds)
 
 
 # WeCom's largest answers (a department's member list with details) are well under this.

@@ -187,3 +187,26 @@ def test_hourly_window_is_sliding_by_default_and_fixed_on_demand(emulator):
     emulator.flags(rate_window="fixed")
     assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "c"})["errcode"] == 0
     assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "d"})["errcode"] == 45009
+
+
+def test_after_a_45009_the_hourly_limit_stays_blocked_for_an_hour_from_the_hit(emulator):
+    # §10.2: an hourly limit blocks for 60 minutes once hit, even when the window has room again.
+    emulator.flags(appchat_updates_per_hour=1)
+    chat = emulator.our_chats()[0]
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "a"})["errcode"] == 0
+    emulator.advance(3000)
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "b"})["errcode"] == 45009  # the hit
+    emulator.advance(1200)  # the first update left the window 10 minutes ago, but the block runs 60
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "c"})["errcode"] == 45009
+    emulator.advance(2401)
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "d"})["errcode"] == 0
+
+
+def test_the_block_after_a_45009_can_be_switched_off(emulator):
+    emulator.flags(appchat_updates_per_hour=1, block_after_limit=False)
+    chat = emulator.our_chats()[0]
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "a"})["errcode"] == 0
+    emulator.advance(3000)
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "b"})["errcode"] == 45009
+    emulator.advance(1200)
+    assert emulator.post("appchat/update", {"chatid": chat.chatid, "name": "c"})["errcode"] == 0

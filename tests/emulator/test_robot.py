@@ -93,3 +93,14 @@ def test_robot_file_via_upload_media(emulator):
     body = resp.json()
     assert body["errcode"] == 0 and body["type"] == "file"
     assert _send(emulator, {"msgtype": "file", "file": {"media_id": body["media_id"]}})["errcode"] == 0
+
+
+def test_a_robot_over_its_minute_limit_is_blocked_for_60_seconds_from_the_hit(emulator):
+    for i in range(20):
+        _send(emulator, {"msgtype": "text", "text": {"content": str(i)}})
+    emulator.advance(30)
+    assert _send(emulator, {"msgtype": "text", "text": {"content": "hit"}})["errcode"] == 45009
+    emulator.advance(40)  # the first 20 left the window 10 s ago; the block (from the hit) lasts 60 s
+    assert _send(emulator, {"msgtype": "text", "text": {"content": "still"}})["errcode"] == 45009
+    emulator.advance(21)
+    assert _send(emulator, {"msgtype": "text", "text": {"content": "again"}})["errcode"] == 0

@@ -21,10 +21,14 @@ def test_serve_binds_a_free_port_and_stops_promptly_with_a_request_asleep_in_a_f
     server, thread = serve(tenant, "127.0.0.1", 0)
     assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/cgi-bin/")
     assert server.server_address[1] != 0
-    tenant.add_fault({"action": "latency", "endpoint": "gettoken", "seconds": 30})
+    fault = tenant.add_fault({"action": "latency", "endpoint": "gettoken", "seconds": 30})
     sleeper = threading.Thread(target=requests.get, args=(server.url + "gettoken",), kwargs={"timeout": 40})
     sleeper.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while fault.hits == 0 and time.monotonic() < deadline:  # until the request is asleep in the fault
+        time.sleep(0.01)
+    assert fault.hits == 1
+    time.sleep(0.05)
     started = time.perf_counter()
     stop(server, thread)
     sleeper.join(5)

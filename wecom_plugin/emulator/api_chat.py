@@ -67,7 +67,9 @@ def _member_cap(ctx: Ctx) -> int:
 @endpoint("appchat/create", "POST", principals=APP, root_scope=True)
 def appchat_create(ctx: Ctx) -> dict[str, Any]:
     t, d, f = ctx.tenant, ctx.data, ctx.flags
-    if t.limiter.room(("appchat_create",), DAY, f.appchat_creates_per_day, ctx.now) <= 0:
+    if t.limiter.exceeded(
+        ("appchat_create",), DAY, f.appchat_creates_per_day, ctx.now, block=ctx.flags.block_after_limit
+    ):
         raise ApiError(45009)
     chatid = ctx.get("chatid", str)
     if chatid:
@@ -111,7 +113,9 @@ def appchat_create(ctx: Ctx) -> dict[str, Any]:
 def appchat_update(ctx: Ctx) -> dict[str, Any]:
     t, d, f = ctx.tenant, ctx.data, ctx.flags
     chat = _chat(ctx, ctx.get("chatid", str))
-    if t.limiter.room(("appchat_update",), 3600, f.appchat_updates_per_hour, ctx.now) <= 0:
+    if t.limiter.exceeded(
+        ("appchat_update",), 3600, f.appchat_updates_per_hour, ctx.now, block=ctx.flags.block_after_limit
+    ):
         raise ApiError(45009)
     name = ctx.get("name", str)
     owner_id = ctx.get("owner", str)
@@ -275,7 +279,7 @@ def webhook_send(ctx: Ctx) -> dict[str, Any]:
     t, d = ctx.tenant, ctx.data
     robot = _robot(ctx)
     wkey = ("robot", robot.key)
-    if t.limiter.room(wkey, 60, ctx.flags.robot_per_minute, ctx.now) <= 0:
+    if t.limiter.exceeded(wkey, 60, ctx.flags.robot_per_minute, ctx.now, block=ctx.flags.block_after_limit):
         raise ApiError(45009)
     msgtype = ctx.get("msgtype", str)
     content = validate(ctx, ROBOT, msgtype)

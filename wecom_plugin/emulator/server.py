@@ -177,9 +177,8 @@ class EmulatorApp:
             raise ApiError(60020)
         if spec.basic_limit and f.basic_limits:
             minute, hour = ("basic_min", spec.name), ("basic_hour", spec.name)
-            if (
-                t.limiter.room(minute, 60, f.basic_per_minute, ctx.now) <= 0
-                or t.limiter.room(hour, 3600, f.basic_per_hour, ctx.now) <= 0
+            if t.limiter.exceeded(minute, 60, f.basic_per_minute, ctx.now, block=f.block_after_limit) or (
+                t.limiter.exceeded(hour, 3600, f.basic_per_hour, ctx.now, block=f.block_after_limit)
             ):
                 raise ApiError(45009)
             t.limiter.add(minute, 60, ctx.now)

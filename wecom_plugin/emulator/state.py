@@ -91,6 +91,9 @@ class Flags:
     message_app_daily_per_account: int = 200
     robot_per_minute: int = 20
     rate_window: str = "sliding"
+    # §10.2: once a limit answers 45009, WeCom blocks it for the limit's period (60 s for a minute limit,
+    # an hour for an hourly one; a daily one until midnight). False: only the window counts.
+    block_after_limit: bool = True
     basic_limits: bool = True
     basic_per_minute: int = 10_000
     basic_per_hour: int = 150_000
@@ -572,6 +575,7 @@ class Limiter:
     def __init__(self, sliding: bool = True) -> None:
         self.sliding = sliding
         self.windows: dict[tuple[Any, ...], Window] = {}
+        self.blocked: dict[tuple[Any, ...], float] = {}  # key -> time its 45009 block ends
 
     def window(self, key: tuple[Any, ...], period: float | str) -> Window:
         w = self.windows.get(key)
@@ -584,6 +588,17 @@ class Limiter:
 
     def add(self, key: tuple[Any, ...], period: float | str, now: float, n: int = 1) -> None:
         self.window(key, period).add(now, n)
+
+    def exceeded(self, key: tuple[Any, ...], period: float | str, limit: int, now: float, *, block: bool) -> bool:
+        """True if ``key`` is over ``limit`` (answer 45009). With ``block``, hitting the limit blocks the
+        key for the limit's whole period, as WeCom does (§10.2), even once the window has room again."""
+        if now < self.blocked.get(key, 0.0):
+            return True
+        if self.room(key, period, limit, now) > 0:
+            return False
+        if block and period != DAY:  # the natural day already ends at midnight
+            self.blocked[key] = now + float(period)
+        return True
 
     def take(self, key: tuple[Any, ...], period: float | str, limit: int, now: float, n: int = 1) -> bool:
         """Consume ``n`` if it fits; returns whether it did."""

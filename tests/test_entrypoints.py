@@ -69,6 +69,15 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
             return any("演示已启动" in str(m.get("content")) for m in messages)
 
         procs.wait_for(alert_delivered, 30, interval=0.3, what="the demo alert to reach WeCom")
+
+        # A directory change in the tenant reaches the plugin's contact receiver as a callback.
+        leaver = requests.get(f"{sandbox}/org", timeout=5).json()["users"][3]["userid"]
+        assert requests.post(f"{sandbox}/directory/depart", json={"userid": leaver}, timeout=5).ok
+
+        def jobs_done(count: int):
+            return lambda: requests.get(f"{base}/status", timeout=5).json()["jobs"].get("done") == count
+
+        procs.wait_for(jobs_done(2), 30, interval=0.3, what="the callback to be stored and dispatched")
         enqueue = subprocess.run(
             [sys.executable, "-m", "wecom_plugin", "jobs", "enqueue", "noop", "--count", "3"],
             cwd=ROOT, env=_env(WECOM_SANDBOX="true", DATABASE_URL=database), capture_output=True, text=True,
@@ -78,7 +87,7 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
 
         def all_done() -> bool:
             status = requests.get(f"{base}/status", timeout=5).json()
-            return status["jobs"].get("done") == 4 and status["healthy"]
+            return status["jobs"].get("done") == 5 and status["healthy"]
 
         procs.wait_for(all_done, 30, interval=0.3, what="the in-process worker to run the jobs")
     finally:

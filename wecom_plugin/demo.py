@@ -7,7 +7,9 @@ feature; today it shows:
 * the sandbox tenant and its page (the org, chats, messages each member received);
 * the plugin's background runtime talking to it: the alert raised at start-up is delivered by the
   worker, through the WeCom transport (shared token, budget), to the heads of 信息技术部 as an
-  app message, visible on the tenant's page.
+  app message, visible on the tenant's page;
+* the tenant's callbacks reaching the plugin's receivers: a directory change made through the
+  tenant's admin API (hire, depart...) is verified, stored in the plugin's inbox and dispatched.
 """
 
 from __future__ import annotations
@@ -50,7 +52,16 @@ def start(
     from wecom_plugin.jobs.runner import run_all_in_one
     from wecom_plugin.services.alerts import raise_alert
 
-    server, thread, creds = start_sandbox(org, host="127.0.0.1", port=sandbox_port)
+    plugin = f"http://{host}:{port}"
+    # The tenant sends directory changes and app events to the plugin's receivers, as WeCom would. It
+    # checks the URLs at once (the plugin is not up yet, so that first check fails and is reported).
+    server, thread, creds = start_sandbox(
+        org,
+        host="127.0.0.1",
+        port=sandbox_port,
+        callback_url=f"{plugin}/wecom/callback",
+        contact_callback_url=f"{plugin}/wecom/callback/contacts",
+    )
     try:
         overrides: dict[str, Any] = {**creds.env(), **(extra or {})}
         app = create_app(overrides)
@@ -84,6 +95,9 @@ def _banner(host: str, port: int, creds: Any, admins: list[str]) -> str:
             f"  告警接收人 alert recipients (信息技术部负责人): {', '.join(admins) or '-'}",
             "  看一看 / look at: the tenant UI shows the alert message each recipient received;",
             "  `WECOM_SANDBOX=true .venv/bin/wecom-plugin alerts list` lists it.",
+            f"  目录变更回调 directory callbacks: curl -X POST {creds.admin_url}directory/depart "
+            "-H 'Content-Type: application/json' -d '{\"userid\": \"USERID\"}'",
+            "    -> the plugin stores the change_contact event (see its log and the callback_inbox table).",
             "  停止 stop: Ctrl-C",
             "",
         ]

@@ -34,3 +34,11 @@ def deliver_alert(ctx: JobContext) -> dict[str, Any]:
     from wecom_plugin.services.alert_delivery import deliver
 
     return deliver(ctx, int(ctx.payload["alert_id"]))
+
+
+@job_type("callbacks.dispatch", delivery=AT_LEAST_ONCE)
+def dispatch_callback(ctx: JobContext) -> dict[str, Any]:
+    """Hand a stored WeCom callback to its handler (kept as unhandled when there is none yet)."""
+    from wecom_plugin.services.callbacks import dispatch
+
+    return dispatch(db.session, int(ctx.payload["inbox_id"]))

@@ -6,6 +6,7 @@ Importing this package registers every model on the shared metadata (Alembic nee
 from wecom_plugin.models.api_clients import ApiClient, ApiKey, RateCounter
 from wecom_plugin.models.base import Base
 from wecom_plugin.models.claims import ClaimState
+from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.models.jobs import Job, JobStep, Occurrence, ProcessHeartbeat, Schedule
 from wecom_plugin.models.ops import Alert, AuditEvent
 from wecom_plugin.models.people import Person, fold_userid
@@ -16,6 +17,7 @@ __all__ = [
     "ApiClient",
     "ApiKey",
     "AuditEvent",
+    "CallbackInbox",
     "Base",
     "ClaimState",
     "Job",

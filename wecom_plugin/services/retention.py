@@ -1,6 +1,7 @@
 """Retention: prune rows that only served coordination once they are old.
 
 Pruned after ``RETENTION_DAYS``: finished (done/cancelled) jobs and their steps, occurrences,
+processed callbacks (handled, or kept without a handler),
 stopped process heartbeats, and rate-limit windows older than a day. Never pruned here: dead
 jobs (a person must look at them), open alerts, and the audit log (append-only by design).
 Deletes run in batches so no transaction holds locks for long.
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from wecom_plugin.models.api_clients import RateCounter
 from wecom_plugin.models.claims import ClaimState
 from wecom_plugin.models.dbtime import db_now
+from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.models.jobs import Job, Occurrence, ProcessHeartbeat
 
 BATCH = 1000
@@ -37,6 +39,12 @@ def prune_old_rows(session: Session, retention_days: int, guard: Callable[[], No
             guard,
         ),
         "occurrence": _delete_in_batches(session, Occurrence.__table__, Occurrence.created_at < cutoff, guard),
+        "callback_inbox": _delete_in_batches(
+            session,
+            CallbackInbox.__table__,
+            sa.and_(CallbackInbox.state.in_(("handled", "unhandled")), CallbackInbox.received_at < cutoff),
+            guard,
+        ),
         "process_heartbeat": _delete_in_batches(
             session,
             ProcessHeartbeat.__table__,

@@ -29,10 +29,11 @@ ERROR_MESSAGES = {
 
 
 def init_app(app: Flask) -> None:
-    from wecom_plugin.web import api, health
+    from wecom_plugin.web import api, callback, health
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(callback.bp)
 
     @app.before_request
     def _assign_request_id() -> None:

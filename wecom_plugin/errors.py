@@ -62,3 +62,8 @@ class LeaseLostError(PluginError):
 
     Raised before an external call, so a holder that lost its lease makes no further call.
     """
+
+
+def describe_error(exc: BaseException, limit: int = 2000) -> str:
+    """``"TypeName: message"``, cut to ``limit`` characters: what job rows and step details record."""
+    return f"{type(exc).__name__}: {exc}"[:limit]

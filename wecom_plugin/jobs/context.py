@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from wecom_plugin.errors import LeaseLostError, PluginError
+from wecom_plugin.errors import LeaseLostError, PermanentError, PluginError, describe_error
 from wecom_plugin.models.base import utcnow
 from wecom_plugin.models.jobs import Job, JobStep
 from wecom_plugin.runtime import claim
@@ -121,8 +121,8 @@ class JobContext:
         try:
             value = action()
         except PluginError as exc:
-            if _is_permanent(exc):
-                self._write_step(target, "failed", {"error": _describe(exc)})
+            if isinstance(exc, PermanentError):
+                self._write_step(target, "failed", {"error": describe_error(exc, 1000)})
                 return StepResult(StepOutcome.FAILED)
             raise
         self._write_step(target, "done", _detail(value))
@@ -158,8 +158,8 @@ class JobContext:
             value = action()
         except BaseException as exc:
             if isinstance(exc, PluginError) and not exc.side_effect_possible:
-                if _is_permanent(exc):
-                    self._update_own_step(target, "failed", {"error": _describe(exc)})
+                if isinstance(exc, PermanentError):
+                    self._update_own_step(target, "failed", {"error": describe_error(exc, 1000)})
                     return StepResult(StepOutcome.FAILED)
                 # Nothing was applied: forget the mark so a retry may try this target again.
                 with self._engine.begin() as conn:
@@ -170,7 +170,7 @@ class JobContext:
                     )
                 raise
             with self._engine.begin() as conn:
-                self._mark_unknown(conn, target, self.fence, _describe(exc))
+                self._mark_unknown(conn, target, self.fence, describe_error(exc, 1000))
             if isinstance(exc, PluginError):
                 return StepResult(StepOutcome.UNKNOWN)
             raise
@@ -249,16 +249,6 @@ class JobContext:
                 detail={"job_id": self.job_id, "target": target, "why": why[:500]},
                 session=conn,
             )
-
-
-def _is_permanent(exc: BaseException) -> bool:
-    from wecom_plugin.errors import PermanentError
-
-    return isinstance(exc, PermanentError)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:1000]
 
 
 def _detail(value: Any) -> dict[str, Any] | None:

@@ -29,7 +29,13 @@ from flask import Flask
 
 from wecom_plugin.context import request_id_scope
 from wecom_plugin.domain.retry import backoff_delay
-from wecom_plugin.errors import ConfigurationError, LeaseLostError, PermanentError, RateLimitedError
+from wecom_plugin.errors import (
+    ConfigurationError,
+    LeaseLostError,
+    PermanentError,
+    RateLimitedError,
+    describe_error,
+)
 from wecom_plugin.extensions import db
 from wecom_plugin.models.claims import ClaimState
 from wecom_plugin.models.dbtime import sql_now
@@ -90,7 +96,7 @@ class Worker:
                 except sa.exc.SQLAlchemyError as exc:
                     # The database is briefly unavailable (locked, restarting): leases protect the
                     # jobs; wait and try again rather than dying.
-                    log.warning("worker %s: database error, retrying: %s", self.owner, _describe(exc)[:300])
+                    log.warning("worker %s: database error, retrying: %s", self.owner, describe_error(exc)[:300])
                     ran = 0
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
@@ -186,16 +192,17 @@ class Worker:
             except (PermanentError, ConfigurationError) as exc:
                 # Retrying cannot help (bad input, or a setting a person must fix): dead + alert.
                 db.session.rollback()
-                self._dead(claimed, job, _describe(exc))
+                self._dead(claimed, job, describe_error(exc))
                 return
             except Exception as exc:  # noqa: BLE001 - any failure of a handler is retried, bounded
                 db.session.rollback()
-                log.warning("job %s (%s) attempt %s failed: %s", claimed.id, job.name, claimed.attempts, _describe(exc))
+                why = describe_error(exc)
+                log.warning("job %s (%s) attempt %s failed: %s", claimed.id, job.name, claimed.attempts, why)
                 if claimed.attempts >= row.max_attempts:
-                    self._dead(claimed, job, _describe(exc))
+                    self._dead(claimed, job, why)
                 else:
                     delay = backoff_delay(claimed.attempts, retry_after=getattr(exc, "retry_after", None))
-                    self._finish(claimed, state=ClaimState.READY, due_at=sql_now(delay), last_error=_describe(exc))
+                    self._finish(claimed, state=ClaimState.READY, due_at=sql_now(delay), last_error=why)
                 return
             finally:
                 self._running = None
@@ -220,7 +227,7 @@ class Worker:
             state=ClaimState.READY,
             due_at=sql_now(delay),
             attempts=JOB.c.attempts - 1,
-            last_error=_describe(exc),
+            last_error=describe_error(exc),
         )
 
     def _dead(self, claimed: claim.Claimed, job: _JobView, why: str) -> None:
@@ -320,7 +327,3 @@ class _JobView:
 
     def __init__(self, id: int, name: str, payload: Any, delivery: str):  # noqa: A002
         self.id, self.name, self.payload, self.delivery = id, name, payload, delivery
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]

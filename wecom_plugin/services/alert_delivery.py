@@ -68,14 +68,14 @@ def send_wecom(ctx, userids: tuple[str, ...], body: dict[str, Any]) -> dict[str,
     from wecom_plugin.services.wecom import client_for
     from wecom_plugin.wecom.api import message
 
-    client = client_for(ctx.app, guard=ctx.ensure_lease)
-    result = message.send(
-        client,
-        message.text(wecom_text(body)),
-        touser=list(userids),
-        enable_duplicate_check=True,
-        duplicate_check_interval=4 * 3600,
-    )
+    with client_for(ctx.app, guard=ctx.ensure_lease) as client:
+        result = message.send(
+            client,
+            message.text(wecom_text(body)),
+            touser=list(userids),
+            enable_duplicate_check=True,
+            duplicate_check_interval=4 * 3600,
+        )
     return {"msgid": result.msgid, "invaliduser": list(result.invaliduser)}
 
 

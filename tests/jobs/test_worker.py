@@ -6,24 +6,11 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from tests.support.runtime import enqueue_committed as _enqueue
+from tests.support.runtime import load_job as _job
 from wecom_plugin.extensions import db
 from wecom_plugin.jobs.worker import Worker
 from wecom_plugin.models import Alert, Job, JobStep
-from wecom_plugin.runtime.queue import enqueue
-
-
-def _enqueue(app, name, payload=None, **kwargs):
-    with app.app_context():
-        job_id = enqueue(name, payload or {}, **kwargs)
-        db.session.commit()
-        return job_id
-
-
-def _job(app, job_id) -> Job:
-    with app.app_context():
-        job = db.session.get(Job, job_id)
-        db.session.expunge(job)
-        return job
 
 
 def _make_due(app, job_id):

@@ -49,6 +49,14 @@ WECOM_PLUGIN_JOB_MODULES = ""
 # the audit log are never pruned by this policy.
 RETENTION_DAYS = "30"
 
+# --- Directory mirror ------------------------------------------------------------------------------
+# Minutes between reconciliations (a full sync that heals what callbacks missed); 0 turns them off.
+DIRECTORY_SYNC_MINUTES = "60"
+# Directory reads a full sync keeps in flight at once (within WeCom's per-API budget).
+DIRECTORY_SYNC_CONCURRENCY = "8"
+# Days after a departure before the member's personal data is minimised (PIPL); ids and dates stay.
+DIRECTORY_DEPARTED_RETENTION_DAYS = "180"
+
 # --- Alerts ----------------------------------------------------------------------------------------
 # Optional generic webhook (outside WeCom) that receives every new alert as JSON.
 ALERT_WEBHOOK_URL = ""

@@ -402,3 +402,7 @@ _register_emulator_command()
 from wecom_plugin.cli_api import register as _register_api_commands  # noqa: E402
 
 _register_api_commands(cli)
+
+from wecom_plugin.cli_directory import register as _register_directory_commands  # noqa: E402
+
+_register_directory_commands(cli)

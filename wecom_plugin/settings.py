@@ -81,6 +81,9 @@ class Settings:
     heartbeat_stale_seconds: float
     job_modules: tuple[str, ...]
     retention_days: int
+    directory_sync_minutes: int
+    directory_sync_concurrency: int
+    directory_departed_retention_days: int
     alert_webhook_url: str | None
     alert_wecom_userids: tuple[str, ...]
     api_rate_limit_per_minute: int
@@ -220,6 +223,9 @@ def load_settings(
         heartbeat_stale_seconds=v.number("HEARTBEAT_STALE_SECONDS", minimum=1.0),
         job_modules=v.csv("WECOM_PLUGIN_JOB_MODULES"),
         retention_days=v.integer("RETENTION_DAYS", minimum=1),
+        directory_sync_minutes=v.integer("DIRECTORY_SYNC_MINUTES", minimum=0, maximum=7 * 24 * 60),
+        directory_sync_concurrency=v.integer("DIRECTORY_SYNC_CONCURRENCY", minimum=1, maximum=32),
+        directory_departed_retention_days=v.integer("DIRECTORY_DEPARTED_RETENTION_DAYS", minimum=1),
         alert_webhook_url=alert_webhook,
         alert_wecom_userids=v.csv("ALERT_WECOM_USERIDS"),
         api_rate_limit_per_minute=v.integer("API_RATE_LIMIT_PER_MINUTE", minimum=1),

@@ -72,7 +72,24 @@ def periodic_definitions(settings) -> list[PeriodicDefinition]:
             spec={"kind": "interval", "seconds": int(timedelta(hours=1).total_seconds())},
             misfire_grace_seconds=int(timedelta(hours=1).total_seconds()),
         ),
+        PeriodicDefinition(
+            key="directory.minimise",
+            job_name="directory.minimise",
+            spec={"kind": "daily", "times": ["03:30"]},
+            misfire_grace_seconds=int(timedelta(hours=12).total_seconds()),
+        ),
     ]
+    if settings.directory_sync_minutes:
+        # Reconciliation: a full sync heals whatever the change callbacks missed.
+        definitions.append(
+            PeriodicDefinition(
+                key="directory.reconcile",
+                job_name="directory.sync",
+                spec={"kind": "interval", "seconds": settings.directory_sync_minutes * 60},
+                payload={"trigger": "schedule"},
+                misfire_grace_seconds=settings.directory_sync_minutes * 60,
+            )
+        )
     return definitions + registry.contributed_periodic_definitions(settings)
 
 

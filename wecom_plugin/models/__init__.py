@@ -6,10 +6,19 @@ Importing this package registers every model on the shared metadata (Alembic nee
 from wecom_plugin.models.api_clients import ApiClient, ApiKey, RateCounter
 from wecom_plugin.models.base import Base
 from wecom_plugin.models.claims import ClaimState
+from wecom_plugin.models.directory import (
+    Department,
+    DirectoryChange,
+    DirectoryOutbox,
+    DirectorySync,
+    Person,
+    Tag,
+    TagMember,
+    fold_userid,
+)
 from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.models.jobs import Job, JobStep, Occurrence, ProcessHeartbeat, Schedule
 from wecom_plugin.models.ops import Alert, AuditEvent
-from wecom_plugin.models.people import Person, fold_userid
 from wecom_plugin.models.tokens import WeComToken
 
 __all__ = [
@@ -20,6 +29,10 @@ __all__ = [
     "CallbackInbox",
     "Base",
     "ClaimState",
+    "Department",
+    "DirectoryChange",
+    "DirectoryOutbox",
+    "DirectorySync",
     "Job",
     "JobStep",
     "Occurrence",
@@ -27,6 +40,8 @@ __all__ = [
     "ProcessHeartbeat",
     "RateCounter",
     "Schedule",
+    "Tag",
+    "TagMember",
     "WeComToken",
     "fold_userid",
 ]

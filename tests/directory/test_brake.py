@@ -1,0 +1,103 @@
+"""The mass-change brake and broken answers: nothing changes, one alert, a person decides."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from wecom_plugin.cli import cli
+from wecom_plugin.extensions import db
+from wecom_plugin.models.ops import Alert, AuditEvent
+from wecom_plugin.services.directory_sync import run_sync
+
+
+def _alerts(app) -> list[Alert]:
+    with app.app_context():
+        rows = db.session.scalars(sa.select(Alert).where(Alert.key.like("directory.%"))).all()
+        db.session.expunge_all()
+        return rows
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"action": "empty_directory", "endpoint": "*"},
+        {"action": "empty_directory", "endpoint": "user/list"},
+        {"action": "truncated_directory", "endpoint": "user/list"},
+        {"action": "errcode", "endpoint": "*", "errcode": 60020},
+        {"action": "errcode", "endpoint": "user/list", "errcode": 48009},
+        {"action": "errcode", "endpoint": "department/list", "errcode": 60011},
+    ],
+    ids=["empty", "empty-members", "truncated", "60020", "48009", "60011"],
+)
+def test_a_broken_answer_changes_nothing_and_raises_one_alert(tenant_app, mirror, emulator, fault):
+    run_sync(tenant_app)
+    before, history = mirror.snapshot(), len(mirror.changes())
+    emulator.admin("faults", **fault)
+    for _ in range(2):  # a second sync with the same problem does not add a second alert
+        report = run_sync(tenant_app, trigger="schedule")
+        assert report.state in ("failed", "braked"), report
+    assert mirror.snapshot() == before
+    assert len(mirror.changes()) == history
+    assert mirror.outbox() == []
+    alerts = _alerts(tenant_app)
+    assert len(alerts) == 1, [a.key for a in alerts]
+    if "errcode" in fault:
+        assert str(fault["errcode"]) in alerts[0].detail["fix"]  # names what to change in the console
+
+
+def test_a_real_mass_departure_waits_for_confirmation_then_applies(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    leavers = [u.userid for u in emulator.users()[10:25]]  # 15 > max(10, 5 % of 60)
+    for userid in leavers:
+        emulator.admin("directory/depart", userid=userid)
+    report = run_sync(tenant_app)
+    assert report.state == "braked" and len(report.planned_departures) == 15
+    assert all(mirror.person(u).status != 5 for u in leavers)
+    [alert] = _alerts(tenant_app)
+    assert alert.key == "directory.brake" and alert.severity == "critical"
+    # A scheduled sync in the meantime stays braked and changes nothing.
+    assert run_sync(tenant_app, trigger="schedule").state == "braked"
+
+    runner = tenant_app.test_cli_runner()
+    result = runner.invoke(cli, ["directory", "confirm", "--by", "王主任", "--reason", "门店关闭"])
+    assert result.exit_code == 0, result.output
+    assert all(mirror.person(u).status == 5 for u in leavers)
+    assert len([o for o in mirror.outbox() if o.kind == "departed"]) == 15
+    with tenant_app.app_context():
+        [audit] = db.session.scalars(sa.select(AuditEvent).where(AuditEvent.action == "directory.brake.confirm")).all()
+        assert audit.actor == "user:王主任" and audit.reason == "门店关闭"
+    assert [a.state for a in _alerts(tenant_app)] == ["acked"]
+
+
+def test_confirm_without_a_braked_sync_is_a_clear_error(tenant_app):
+    result = tenant_app.test_cli_runner().invoke(cli, ["directory", "confirm", "--by", "someone"])
+    assert result.exit_code == 1
+    assert "no sync is waiting for confirmation" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_departures_under_the_threshold_apply_and_are_confirmed_by_60111(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    leavers = [u.userid for u in emulator.users()[30:33]]
+    emulator.admin("callbacks/faults", action="drop")
+    for userid in leavers:
+        emulator.admin("directory/depart", userid=userid)
+    report = run_sync(tenant_app)
+    assert report.state == "completed" and report.stats["departed"] == 3
+    for userid in leavers:
+        person = mirror.person(userid)
+        assert person.status == 5 and person.departed_at is not None
+    got = emulator.requests(endpoint="user/get")
+    assert sorted(r["query"]["userid"] for r in got) == sorted(leavers)
+
+
+def test_a_member_outside_the_visibility_is_a_scope_alert_not_a_departure(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    member = emulator.users()[40].userid
+    emulator.admin("faults", action="errcode", endpoint="user/list", errcode=60011)
+    report = run_sync(tenant_app)
+    assert report.state == "failed"
+    assert mirror.person(member).status == 1
+    [alert] = _alerts(tenant_app)
+    assert "可见范围" in alert.detail["fix"]

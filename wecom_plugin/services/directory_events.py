@@ -1,0 +1,239 @@
+"""Incremental directory updates from change_contact callbacks (contract §8.1-§8.5).
+
+Callbacks are hints: they arrive late, twice, out of order or never, and since 2022 most carry only
+ids. So every handler re-reads the member, department or tag from WeCom and writes what WeCom says
+*now* (compare-and-set, see :mod:`directory_mirror`); the event itself only says where to look.
+That makes duplicates no-ops and order irrelevant: a stale update_user after a delete_user re-reads
+a member who no longer exists and changes nothing.
+
+Departure rules (issue 4; domain.directory):
+
+* delete_user + ``user/get`` 60111 → departed. If ``user/get`` finds them active, the delete was
+  stale (a rehire under the same id) and the current answer is written instead.
+* update_user with Status 2 or 5 → disabled / departed, as ``user/get`` reports it.
+* one 60111 on an update re-read is *not* a departure (an unannounced rename looks the same): it
+  asks for a reconciliation soon, which decides with the whole directory in view.
+* 60011 is a scope problem, never a departure: an alert with the console fix.
+
+Handlers run inside the ``callbacks.dispatch`` job (at-least-once). They end the session's
+transaction before calling WeCom, so no database lock is held across a network call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from wecom_plugin.domain.directory import DepartmentRecord, MemberRecord, TagRecord
+from wecom_plugin.models.inbox import CallbackInbox
+from wecom_plugin.runtime.queue import enqueue
+from wecom_plugin.services import directory_mirror as mirror
+from wecom_plugin.services.alerts import raise_alert
+from wecom_plugin.services.callbacks import register_handler
+from wecom_plugin.services.directory_mirror import DEPARTMENT, TAG, Origin
+from wecom_plugin.wecom import errors as wecom_errors
+from wecom_plugin.wecom.api import department as department_api
+from wecom_plugin.wecom.api import tag as tag_api
+from wecom_plugin.wecom.api import user as user_api
+from wecom_plugin.wecom.diagnosis import diagnose
+from wecom_plugin.wecom.errors import WeComError
+from wecom_plugin.wecom.events import (
+    PartyCreated,
+    PartyDeleted,
+    PartyUpdated,
+    TagUpdated,
+    UserCreated,
+    UserDeleted,
+    UserUpdated,
+)
+
+log = logging.getLogger("wecom_plugin.directory")
+
+RECONCILE_SOON_SECONDS = 120
+DEPARTMENT_NOT_FOUND = 60003
+TAG_NOT_FOUND = 40068
+
+
+def _client() -> Any:
+    from wecom_plugin.services.wecom import client_for
+
+    return client_for(current_app._get_current_object())  # noqa: SLF001 - the app object, not the proxy
+
+
+def _read(session: Session, call: Any, *args: Any) -> tuple[Any, WeComError | None]:
+    """End the transaction, then call WeCom. Setup errors (60020, 48009...) raise an alert and re-raise."""
+    session.commit()
+    client = _client()
+    try:
+        return call(client, *args), None
+    except WeComError as exc:
+        if exc.errcode == wecom_errors.NO_PRIVILEGE:
+            _scope_alert(session, exc)
+            return None, exc
+        if diagnose(exc.errcode) is not None:
+            fix = diagnose(exc.errcode)
+            raise_alert(
+                f"directory.setup.{exc.errcode}",
+                title_zh=f"通讯录回调处理失败：{wecom_errors.describe(exc.errcode)}",
+                title_en=f"Directory callback failed: WeCom errcode {exc.errcode}",
+                detail={"fix": fix.text() if fix else "", "wecom_errmsg": wecom_errors.redact(exc.errmsg_raw)[:500]},
+                session=session,
+            )
+            session.commit()
+            raise
+        return None, exc
+    finally:
+        client.close()
+
+
+def _scope_alert(session: Session, exc: WeComError) -> None:
+    fix = diagnose(wecom_errors.NO_PRIVILEGE)
+    raise_alert(
+        "directory.scope",
+        title_zh="应用可见范围不是整个企业：有成员或部门无法读取（60011），不会据此判断离职",
+        title_en="The app cannot see part of the directory (60011); nobody is treated as departed for it",
+        severity="warning",
+        detail={"fix": fix.text() if fix else "", "endpoint": exc.endpoint},
+        session=session,
+    )
+    session.commit()
+
+
+def _origin(row: CallbackInbox, reason: str | None = None) -> Origin:
+    return Origin("callback", inbox_id=row.id, reason=reason)
+
+
+def reconcile_soon(session: Session, why: str) -> None:
+    """Ask for a full sync in a couple of minutes (one per window however many events ask)."""
+    from wecom_plugin.models.dbtime import db_now
+
+    bucket = int(db_now(session).timestamp() // RECONCILE_SOON_SECONDS)
+    enqueue(
+        "directory.sync",
+        {"trigger": "callback", "reason": why[:200]},
+        run_after=timedelta(seconds=RECONCILE_SOON_SECONDS),
+        dedupe_key=f"directory-sync:soon:{bucket}",
+        session=session,
+    )
+
+
+# --- members -------------------------------------------------------------------------------------------
+def on_user_changed(session: Session, event: UserCreated | UserUpdated, row: CallbackInbox) -> None:
+    """create_user / update_user: apply a NewUserID rename, then re-read the member and write the answer."""
+    inbox_id = row.id
+    old, new = event.user_id, event.new_user_id
+    if new and old.folded != new.folded:
+        _rename(session, old, new, inbox_id)
+    current_id = str(event.current_user_id)
+    if not current_id:
+        return
+    answer, error = _read(session, user_api.get, current_id)
+    row = session.get(CallbackInbox, inbox_id)
+    if error is not None:
+        if error.errcode == wecom_errors.USERID_NOT_FOUND:
+            # Not a departure on its own: the id may have been renamed without a callback reaching us.
+            log.info("update for %s re-read 60111: reconciling soon", current_id)
+            reconcile_soon(session, f"user/get {current_id} answered 60111 after {event.change_type}")
+        elif error.errcode != wecom_errors.NO_PRIVILEGE:
+            raise error
+        return
+    _write_member(session, answer, _origin(row))
+
+
+def _write_member(session: Session, answer: dict[str, Any], origin: Origin) -> None:
+    try:
+        rec = MemberRecord.from_api(answer)
+    except ValueError:
+        log.warning("user/get answered without a userid; ignored")
+        return
+    conn = session.connection()
+    mirror.upsert_member(conn, rec, origin)
+
+
+def _rename(session: Session, old: str, new: str, inbox_id: int) -> None:
+    """A NewUserID rename keeps the person's internal id (and so their history and memberships)."""
+    conn = session.connection()
+    person = mirror.find_person(conn, old, lock=True)
+    if person is None or mirror.find_person(conn, new) is not None:
+        return  # unknown, or already renamed (a duplicate or a sync got there first)
+    renamed = replace(mirror.record_of(person), userid=new)
+    mirror.upsert_member(conn, renamed, Origin("callback", inbox_id=inbox_id), current=person)
+    session.commit()
+
+
+def on_user_deleted(session: Session, event: UserDeleted, row: CallbackInbox) -> None:
+    """delete_user: departed once ``user/get`` confirms the id is gone; a live answer means the delete is stale."""
+    inbox_id = row.id
+    userid = str(event.user_id)
+    if not userid:
+        return
+    answer, error = _read(session, user_api.get, userid)
+    row = session.get(CallbackInbox, inbox_id)
+    if error is None:
+        log.info("delete_user for %s, but WeCom still has them: writing the current answer", userid)
+        _write_member(session, answer, _origin(row, "delete_user was stale: user/get answered"))
+        return
+    if error.errcode == wecom_errors.NO_PRIVILEGE:
+        return
+    if error.errcode != wecom_errors.USERID_NOT_FOUND:
+        raise error
+    conn = session.connection()
+    person = mirror.find_person(conn, userid, lock=True)
+    if person is not None:
+        mirror.mark_departed(conn, person, _origin(row, "delete_user; user/get 60111"))
+
+
+# --- departments -----------------------------------------------------------------------------------------
+def on_party_changed(session: Session, event: PartyCreated | PartyUpdated | PartyDeleted, row: CallbackInbox) -> None:
+    """create/update/delete_party: re-read the department (60003 = gone)."""
+    inbox_id = row.id
+    if event.party_id is None:
+        return
+    answer, error = _read(session, department_api.get, event.party_id)
+    row = session.get(CallbackInbox, inbox_id)
+    conn = session.connection()
+    if error is not None:
+        if error.errcode == DEPARTMENT_NOT_FOUND:
+            mirror.mark_department_deleted(conn, event.party_id, _origin(row))
+        elif error.errcode != wecom_errors.NO_PRIVILEGE:
+            raise error
+        return
+    try:
+        rec = DepartmentRecord.from_api(answer.get("department", answer))
+    except ValueError:
+        return
+    current = conn.execute(DEPARTMENT.select().where(DEPARTMENT.c.id == rec.id)).one_or_none()
+    mirror.upsert_department(conn, rec, _origin(row), current)
+
+
+# --- tags ----------------------------------------------------------------------------------------------------
+def on_tag_updated(session: Session, event: TagUpdated, row: CallbackInbox) -> None:
+    """update_tag: tag events and member events are unordered (§8.5), so re-read the whole tag."""
+    inbox_id = row.id
+    if event.tag_id is None:
+        return
+    answer, error = _read(session, tag_api.get, event.tag_id)
+    row = session.get(CallbackInbox, inbox_id)
+    conn = session.connection()
+    if error is not None:
+        if error.errcode == TAG_NOT_FOUND:
+            mirror.mark_tag_deleted(conn, event.tag_id, _origin(row))
+        elif error.errcode != wecom_errors.NO_PRIVILEGE:
+            raise error
+        return
+    rec = TagRecord.from_api(event.tag_id, "", answer)
+    current = conn.execute(TAG.select().where(TAG.c.id == rec.id)).one_or_none()
+    mirror.upsert_tag(conn, rec, _origin(row), current, mirror.person_ids_by_folded(conn, rec.users))
+
+
+for _cls in (UserCreated, UserUpdated):
+    register_handler(_cls, on_user_changed)
+register_handler(UserDeleted, on_user_deleted)
+for _cls in (PartyCreated, PartyUpdated, PartyDeleted):
+    register_handler(_cls, on_party_changed)
+register_handler(TagUpdated, on_tag_updated)

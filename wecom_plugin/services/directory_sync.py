@@ -1,0 +1,604 @@
+"""Full sync: walk WeCom's directory and make the mirror match it, safely.
+
+The walk (app secret, root visibility; contract §2): ``department/list`` once, ``user/list`` per
+department, then ``tag/list`` and ``tag/get`` per tag. That is the lower bound of calls (1 +
+departments + 1 + tags); a sync adds ``user/get`` only for members it did not see, to confirm a
+departure, and ``user/list_id`` (contact-sync secret, ids only) as a cheap cross-check when one is
+configured.
+
+* **Bounded concurrency**: ``DIRECTORY_SYNC_CONCURRENCY`` reads in flight, each through the budget
+  service (WeCom's 10,000/min per API, §10.2), from worker threads; every database write happens on
+  the calling thread in short transactions, never while waiting for WeCom.
+* **Streamed**: departments are read through a sliding window and their members folded in as they
+  arrive; the sync keeps an index of the mirror (id, fingerprint, status per member) and the set
+  of ids seen, not the tenant.
+* **Writes only differences**: rows are compared by fingerprint; a re-sync that finds nothing new
+  writes nothing but its own ``directory_sync`` record.
+* **Never a mass departure by mistake**: a member absent from the lists departs only when the sync
+  was complete (every read succeeded, root visible) and ``user/get`` answers 60111; a member
+  whose id vanished while an identical person appeared is a rename, not a departure; and more than
+  max(10, 5 %) departures stop the sync (``braked``) until ``wecom-plugin directory confirm``.
+  An empty directory, a failed read, 60020 or 48009 change nothing and raise one alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from wecom_plugin.domain import directory as rules
+from wecom_plugin.domain.directory import DepartmentRecord, MemberRecord, TagRecord
+from wecom_plugin.errors import RateLimitedError
+from wecom_plugin.models.base import utcnow
+from wecom_plugin.models.directory import DirectorySync
+from wecom_plugin.services import directory_mirror as mirror
+from wecom_plugin.services.alerts import raise_alert
+from wecom_plugin.services.directory_mirror import DEPARTMENT, PERSON, TAG, Origin
+from wecom_plugin.wecom import errors as wecom_errors
+from wecom_plugin.wecom.api import department as department_api
+from wecom_plugin.wecom.api import tag as tag_api
+from wecom_plugin.wecom.api import user as user_api
+from wecom_plugin.wecom.diagnosis import diagnose
+from wecom_plugin.wecom.errors import WeComError
+
+log = logging.getLogger("wecom_plugin.directory")
+
+SYNC = DirectorySync.__table__
+UPDATE_BATCH = 500  # changed members written per transaction
+INSERT_BATCH = 2000  # new members inserted per statement
+NEWCOMER_HOLD = 5000  # new members held back for rename matching before they are inserted
+
+
+class SyncAborted(Exception):
+    """The sync stopped before applying departures (the reason is on the sync record)."""
+
+
+@dataclass
+class SyncReport:
+    """What a sync did (or, dry run, would do). ``state`` as on :class:`DirectorySync`."""
+
+    sync_id: int
+    state: str
+    dry_run: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    planned_departures: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync_id": self.sync_id,
+            "state": self.state,
+            "dry_run": self.dry_run,
+            "stats": self.stats,
+            "planned_departures": len(self.planned_departures),
+            "error": self.error,
+        }
+
+
+@dataclass
+class _Index:
+    """The mirror as it stood when the sync began: folded userid -> (id, fingerprint, status)."""
+
+    members: dict[str, tuple[int, str, int]]
+    departments: dict[int, Any]
+    tags: dict[int, Any]
+
+    @property
+    def live_members(self) -> int:
+        return sum(1 for _id, _fp, status in self.members.values() if status != rules.LEFT)
+
+
+class _Reader:
+    """Directory reads on a bounded pool of threads, one WeCom client per thread."""
+
+    def __init__(self, make_client: Callable[[], Any], concurrency: int, guard: Callable[[], None] | None) -> None:
+        self._make_client = make_client
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="directory-sync")
+        self.window = concurrency * 2
+        self.guard = guard
+        self.calls = 0
+
+    def client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._make_client()
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            self.calls += 1
+        return fn(self.client(), *args)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any, BaseException | None]]:
+        """Yield ``(item, result, error)`` in completion order, at most ``window`` calls in flight.
+
+        The guard (a job's lease check) runs on the calling thread before each submission, so a
+        sync whose job lost its lease stops asking WeCom.
+        """
+        pending: deque[tuple[Any, Future]] = deque()
+        items = iter(items)
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < self.window:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if self.guard is not None:
+                    self.guard()
+                pending.append((item, self._pool.submit(self.call, fn, item)))
+            if not pending:
+                break
+            item, future = pending.popleft()
+            try:
+                yield item, future.result(), None
+            except Exception as exc:  # noqa: BLE001 - handed to the caller with its item
+                yield item, None, exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for client in self._clients:
+            client.close()
+
+
+class FullSync:
+    """One full sync run. Use :func:`run_sync`."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        reader: _Reader,
+        *,
+        dry_run: bool,
+        trigger: str,
+        contact_client: Callable[[], Any] | None = None,
+        confirmed_sync: int | None = None,
+        include_tags: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.include_tags = include_tags
+        self.reader = reader
+        self.dry_run = dry_run
+        self.trigger = trigger
+        self.contact_client = contact_client
+        self.confirmed_sync = confirmed_sync
+        self.stats: dict[str, Any] = {
+            "departments": 0,
+            "members": 0,
+            "tags": 0,
+            "hired": 0,
+            "updated": 0,
+            "renamed": 0,
+            "departed": 0,
+            "departments_changed": 0,
+            "tags_changed": 0,
+            "missed_by_lists": 0,
+            "failed_reads": 0,
+        }
+        self.sync_id = 0
+        self.origin = Origin("sync")
+        self.complete = True
+        self.problems: list[str] = []
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> SyncReport:
+        with self.engine.begin() as conn:
+            self.sync_id = conn.execute(
+                sa.insert(SYNC)
+                .values(trigger=self.trigger, dry_run=self.dry_run, state="running", started_at=utcnow(), stats={})
+                .returning(SYNC.c.id)
+            ).scalar_one()
+        self.origin = Origin("sync", sync_id=self.sync_id)
+        try:
+            planned = self._walk()
+        except SyncAborted as exc:
+            return self._finish("failed", error=str(exc))
+        except RateLimitedError as exc:
+            self._finish("failed", error=f"rate limited: {exc}")
+            raise
+        except Exception as exc:
+            self._finish("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        if planned is not None:
+            return self._finish("braked", planned=planned)
+        if self.dry_run:
+            return self._finish("dry_run")
+        return self._finish("completed" if self.complete else "incomplete", error="; ".join(self.problems) or None)
+
+    def _finish(self, state: str, *, error: str | None = None, planned: list[int] | None = None) -> SyncReport:
+        self.stats["api_calls"] = self.reader.calls
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(SYNC)
+                .where(SYNC.c.id == self.sync_id)
+                .values(
+                    state=state,
+                    finished_at=utcnow(),
+                    stats=self.stats,
+                    error=(error or None) and error[:2000],
+                    planned_departures=planned or [],
+                )
+            )
+        log.info("directory sync #%s %s: %s", self.sync_id, state, self.stats)
+        return SyncReport(self.sync_id, state, self.dry_run, dict(self.stats), planned or [], error)
+
+    def _abort(self, key: str, zh: str, en: str, detail: dict[str, Any]) -> SyncAborted:
+        with self.engine.begin() as conn:
+            raise_alert(key, title_zh=zh, title_en=en, detail={**detail, "sync_id": self.sync_id}, session=conn)
+        return SyncAborted(en)
+
+    def _setup_problem(self, exc: WeComError) -> SyncAborted:
+        diagnosis = diagnose(exc.errcode)
+        text = diagnosis.text() if diagnosis else str(exc)
+        return self._abort(
+            f"directory.setup.{exc.errcode}",
+            f"通讯录同步失败：{wecom_errors.describe(exc.errcode)}",
+            f"Directory sync failed: WeCom errcode {exc.errcode}",
+            {
+                "errcode": exc.errcode,
+                "fix": text,
+                "endpoint": getattr(exc, "endpoint", ""),
+                # WeCom's own words keep "from ip: ..." (the IP to trust for 60020) and the hint id.
+                "wecom_errmsg": wecom_errors.redact(exc.errmsg_raw)[:500],
+            },
+        )
+
+    # ---- the walk ------------------------------------------------------------------------------------
+    def _walk(self) -> list[int] | None:
+        """Returns the planned departures when the brake stops the sync, else None."""
+        try:
+            raw_departments = self.reader.call(department_api.list_departments)
+        except WeComError as exc:
+            raise self._setup_problem(exc) from exc
+        departments = []
+        for row in raw_departments:
+            try:
+                departments.append(DepartmentRecord.from_api(row))
+            except ValueError:
+                continue
+        if not departments:
+            raise self._abort(
+                "directory.empty",
+                "通讯录同步已停止：企业微信返回了空的部门列表（可能是权限丢失），未做任何更改",
+                "Directory sync stopped: WeCom answered an empty department list (lost permission?); nothing changed",
+                {"endpoint": "department/list"},
+            )
+        self.stats["departments"] = len(departments)
+        if 1 not in {d.id for d in departments}:
+            self._incomplete("root department not visible: set the app's visibility to the whole company")
+            self._scope_alert()
+        index = self._load_index()
+        self._apply_departments(departments, index)
+        seen, newcomers = self._walk_members(departments, index)
+        planned = self._settle_absent(index, seen, newcomers)
+        if planned is not None:
+            return planned
+        if self.include_tags:
+            self._walk_tags(index)
+        return None
+
+    def _incomplete(self, why: str) -> None:
+        self.complete = False
+        if why not in self.problems:
+            self.problems.append(why)
+
+    def _scope_alert(self) -> None:
+        fix = diagnose(wecom_errors.NO_PRIVILEGE)
+        with self.engine.begin() as conn:
+            raise_alert(
+                "directory.scope",
+                title_zh="应用可见范围不是整个企业：目录镜像不完整，不会据此判断离职",
+                title_en="The app cannot see the whole company: the directory mirror is incomplete",
+                severity="warning",
+                detail={"fix": fix.text() if fix else "", "sync_id": self.sync_id},
+                session=conn,
+            )
+
+    def _load_index(self) -> _Index:
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            members = {
+                folded: (pid, fp, status)
+                for pid, folded, fp, status in conn.execute(
+                    sa.select(PERSON.c.id, PERSON.c.userid_folded, PERSON.c.fingerprint, PERSON.c.status)
+                )
+            }
+            departments = {row.id: row for row in conn.execute(sa.select(DEPARTMENT))}
+            tags = {row.id: row for row in conn.execute(sa.select(TAG))}
+        return _Index(members, departments, tags)
+
+    # ---- departments ---------------------------------------------------------------------------------
+    def _apply_departments(self, departments: list[DepartmentRecord], index: _Index) -> None:
+        changed = [d for d in departments if _dept_changed(d, index.departments.get(d.id))]
+        listed = {d.id for d in departments}
+        gone = [i for i, row in index.departments.items() if row.deleted_at is None and i not in listed]
+        self.stats["departments_changed"] = len(changed) + (len(gone) if self.complete else 0)
+        if self.dry_run or not (changed or gone):
+            return
+        with self.engine.begin() as conn:
+            for dep in changed:
+                mirror.upsert_department(conn, dep, self.origin, index.departments.get(dep.id))
+            # A department missing from an incomplete answer proves nothing.
+            if self.complete and len(gone) <= rules.brake_threshold(len(index.departments)):
+                for dep_id in gone:
+                    mirror.mark_department_deleted(conn, dep_id, self.origin)
+
+    # ---- members ---------------------------------------------------------------------------------------
+    def _walk_members(self, departments: list[DepartmentRecord], index: _Index) -> tuple[set[str], dict]:
+        seen: set[str] = set()
+        changed: list[tuple[MemberRecord, int]] = []
+        newcomers: dict[str, MemberRecord] = {}
+        first_sync = not index.members
+        for dep, rows, error in self.reader.map(user_api.list_users, [d.id for d in departments]):
+            if error is not None:
+                self._read_failed(error, f"user/list department {dep}")
+                continue
+            for row in rows:
+                try:
+                    rec = MemberRecord.from_api(row)
+                except ValueError:
+                    continue
+                folded = rec.folded
+                if folded in seen:
+                    continue  # listed again under another of their departments
+                seen.add(folded)
+                known = index.members.get(folded)
+                if known is None:
+                    newcomers[folded] = rec
+                elif known[1] != rec.fingerprint():
+                    changed.append((rec, known[0]))
+            if len(changed) >= UPDATE_BATCH:
+                self._write_changed(changed)
+                changed = []
+            if len(newcomers) >= (INSERT_BATCH if first_sync else NEWCOMER_HOLD):
+                self._insert_newcomers(newcomers)
+                newcomers = {}
+        self._write_changed(changed)
+        self.stats["members"] = len(seen)
+        return seen, newcomers
+
+    def _read_failed(self, error: BaseException, what: str) -> None:
+        if isinstance(error, WeComError) and diagnose(error.errcode) is not None:
+            raise self._setup_problem(error) from error
+        if isinstance(error, RateLimitedError):
+            raise error
+        self.stats["failed_reads"] += 1
+        self._incomplete(f"{what}: {error}"[:300])
+
+    def _write_changed(self, changed: list[tuple[MemberRecord, int]]) -> None:
+        if not changed:
+            return
+        if self.dry_run:
+            self.stats["updated"] += len(changed)
+            return
+        with self.engine.begin() as conn:
+            rows = {r.id: r for r in conn.execute(sa.select(PERSON).where(PERSON.c.id.in_([i for _r, i in changed])))}
+            for rec, pid in changed:
+                if pid in rows:
+                    applied = mirror.upsert_member(conn, rec, self.origin, current=rows[pid])
+                    self._count(applied.kind)
+
+    def _count(self, kind: str) -> None:
+        if kind == "unchanged":
+            return
+        key = kind if kind in ("hired", "renamed", "departed") else "updated"
+        self.stats[key] += 1
+
+    def _insert_newcomers(self, newcomers: dict[str, MemberRecord]) -> None:
+        if not newcomers:
+            return
+        if self.dry_run:
+            self.stats["hired"] += len(newcomers)
+            return
+        records = list(newcomers.values())
+        for start in range(0, len(records), INSERT_BATCH):
+            with self.engine.begin() as conn:
+                self.stats["hired"] += mirror.bulk_insert_members(
+                    conn, records[start : start + INSERT_BATCH], self.origin
+                )
+
+    # ---- absent members: departures, renames, the brake --------------------------------------------------
+    def _settle_absent(self, index: _Index, seen: set[str], newcomers: dict[str, MemberRecord]) -> list[int] | None:
+        absent = {f: v[0] for f, v in index.members.items() if v[2] != rules.LEFT and f not in seen}
+        if absent and not self.complete:
+            # A partial answer proves nothing about who is gone.
+            self._insert_newcomers(newcomers)
+            self.stats["absent_unconfirmed"] = len(absent)
+            return None
+        threshold = rules.brake_threshold(index.live_members)
+        allowed = set(self._confirmed_departures())
+        if len(set(absent.values()) - allowed) > threshold:
+            self._insert_newcomers(newcomers)
+            return self._brake(sorted(absent.values()), threshold, index.live_members)
+        gone: dict[int, MemberRecord] = {}
+        rows = self._person_rows(absent.values())
+        for pid, answer, error in self.reader.map(lambda client, p: user_api.get(client, rows[p].userid), list(rows)):
+            if error is None:
+                # Listed nowhere, yet WeCom knows them: the lists missed someone (scope, timing).
+                self.stats["missed_by_lists"] += 1
+                self._apply_member_answer(answer, rows[pid])
+            elif isinstance(error, WeComError) and error.errcode == wecom_errors.USERID_NOT_FOUND:
+                gone[pid] = mirror.record_of(rows[pid])
+            elif isinstance(error, WeComError) and error.errcode == wecom_errors.NO_PRIVILEGE:
+                self._scope_alert()
+            else:
+                self._read_failed(error, f"user/get {rows[pid].userid}")
+        if gone:
+            self._cross_check(gone, rows)
+        renames = rules.match_renames(gone, newcomers)
+        self._apply_renames(renames, newcomers, rows)
+        for pid in renames:
+            gone.pop(pid, None)
+        self._insert_newcomers(newcomers)
+        self._depart(gone, rows)
+        return None
+
+    def _confirmed_departures(self) -> list[int]:
+        if self.confirmed_sync is None:
+            return []
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            row = conn.execute(
+                sa.select(SYNC.c.planned_departures, SYNC.c.state).where(SYNC.c.id == self.confirmed_sync)
+            ).one_or_none()
+        return list(row.planned_departures or []) if row is not None and row.state == "confirmed" else []
+
+    def _brake(self, planned: list[int], threshold: int, live: int) -> list[int]:
+        self.stats["planned_departures"] = len(planned)
+        if not self.dry_run:
+            with self.engine.begin() as conn:
+                raise_alert(
+                    "directory.brake",
+                    title_zh=f"通讯录同步已暂停：将有 {len(planned)} 人被判定离职（上限 {threshold}），需人工确认",
+                    title_en=f"Directory sync braked: {len(planned)} members would depart (limit {threshold}); "
+                    "run `wecom-plugin directory confirm` if this is real",
+                    severity="critical",
+                    detail={"sync_id": self.sync_id, "planned": len(planned), "threshold": threshold, "members": live},
+                    session=conn,
+                )
+        return planned
+
+    def _person_rows(self, ids: Iterable[int]) -> dict[int, Any]:
+        ids = list(ids)
+        out: dict[int, Any] = {}
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                out.update({r.id: r for r in conn.execute(sa.select(PERSON).where(PERSON.c.id.in_(chunk)))})
+        return out
+
+    def _apply_member_answer(self, answer: dict[str, Any], row: Any) -> None:
+        try:
+            rec = MemberRecord.from_api(answer)
+        except ValueError:
+            return
+        if self.dry_run:
+            return
+        with self.engine.begin() as conn:
+            self._count(mirror.upsert_member(conn, rec, self.origin, current=row).kind)
+
+    def _cross_check(self, gone: dict[int, MemberRecord], rows: dict[int, Any]) -> None:
+        """``user/list_id`` (contact-sync secret, ids only): anyone it still lists is not gone."""
+        if self.contact_client is None:
+            return
+        client = self.contact_client()
+        try:
+            listed = set()
+            for page in user_api.list_id_pages(client):
+                self.reader.calls += 1
+                listed.update(rules.fold(str(r.get("userid", ""))) for r in page.rows)
+        except WeComError as exc:
+            self.problems.append(f"user/list_id cross-check skipped: errcode {exc.errcode}")
+            return
+        finally:
+            client.close()
+        for pid in [p for p in gone if rows[p].userid_folded in listed]:
+            gone.pop(pid)
+            self.stats["kept_by_list_id"] = self.stats.get("kept_by_list_id", 0) + 1
+
+    def _apply_renames(self, renames: dict[int, str], newcomers: dict[str, MemberRecord], rows: dict) -> None:
+        for pid, folded in renames.items():
+            rec = newcomers.pop(folded)
+            self.stats["renamed"] += 1
+            if self.dry_run:
+                continue
+            origin = Origin("sync", sync_id=self.sync_id, reason=f"inferred rename from {rows[pid].userid}")
+            with self.engine.begin() as conn:
+                mirror.upsert_member(conn, rec, origin, current=rows[pid])
+
+    def _depart(self, gone: dict[int, MemberRecord], rows: dict[int, Any]) -> None:
+        if self.dry_run:
+            self.stats["departed"] += len(gone)
+            return
+        origin = Origin("sync", sync_id=self.sync_id, reason="absent from a complete full sync; user/get 60111")
+        for pid in gone:
+            with self.engine.begin() as conn:
+                self._count(mirror.mark_departed(conn, rows[pid], origin).kind)
+
+    # ---- tags --------------------------------------------------------------------------------------------
+    def _walk_tags(self, index: _Index) -> None:
+        try:
+            tags = self.reader.call(tag_api.list_tags)
+        except WeComError as exc:
+            self._read_failed(exc, "tag/list")
+            return
+        self.stats["tags"] = len(tags)
+        names = {int(t["tagid"]): str(t.get("tagname") or "") for t in tags if "tagid" in t}
+        for tagid, detail, error in self.reader.map(tag_api.get, list(names)):
+            if error is not None:
+                self._read_failed(error, f"tag/get {tagid}")
+                continue
+            rec = TagRecord.from_api(tagid, names[tagid], detail)
+            current = index.tags.get(tagid)
+            if current is not None and current.fingerprint == rec.fingerprint() and current.deleted_at is None:
+                continue
+            self.stats["tags_changed"] += 1
+            if self.dry_run:
+                continue
+            with self.engine.begin() as conn:
+                ids = mirror.person_ids_by_folded(conn, rec.users)
+                mirror.upsert_tag(conn, rec, self.origin, current, ids)
+        live = [i for i, row in index.tags.items() if row.deleted_at is None and i not in names]
+        if live and names and self.complete and not self.dry_run:
+            with self.engine.begin() as conn:
+                for tagid in live:
+                    mirror.mark_tag_deleted(conn, tagid, self.origin)
+            self.stats["tags_changed"] += len(live)
+
+
+def _dept_changed(rec: DepartmentRecord, row: Any | None) -> bool:
+    return row is None or row.fingerprint != rec.fingerprint() or row.deleted_at is not None
+
+
+def run_sync(
+    app: Any,
+    *,
+    dry_run: bool = False,
+    trigger: str = "cli",
+    confirmed_sync: int | None = None,
+    guard: Callable[[], None] | None = None,
+    concurrency: int | None = None,
+    include_tags: bool = True,
+) -> SyncReport:
+    """Run one full sync against the configured tenant and return its report.
+
+    Args:
+        app: the Flask app (settings and engine).
+        dry_run: read everything, write only the sync record (with what would change).
+        trigger: recorded on the sync (cli, schedule, confirm, callback).
+        confirmed_sync: a braked sync a person confirmed: its planned departures may proceed.
+        guard: a job's lease check, called before each read is submitted.
+        concurrency: reads in flight (default DIRECTORY_SYNC_CONCURRENCY).
+        include_tags: also walk tags (tag/list + tag/get per tag); reconciliation always does.
+    """
+    from wecom_plugin.extensions import db
+    from wecom_plugin.services.wecom import client_for
+
+    settings = app.extensions["wecom_settings"]
+    with app.app_context():
+        engine = db.engine
+    reader = _Reader(lambda: client_for(app), concurrency or settings.directory_sync_concurrency, guard)
+    contact = (lambda: client_for(app, secret="contact")) if settings.contact_secret else None  # noqa: S106
+    try:
+        return FullSync(
+            engine,
+            reader,
+            dry_run=dry_run,
+            trigger=trigger,
+            contact_client=contact,
+            confirmed_sync=confirmed_sync,
+            include_tags=include_tags,
+        ).run()
+    finally:
+        reader.close()

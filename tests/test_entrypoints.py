@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -70,24 +71,39 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
 
         procs.wait_for(alert_delivered, 30, interval=0.3, what="the demo alert to reach WeCom")
 
-        # A directory change in the tenant reaches the plugin's contact receiver as a callback.
+        # The directory mirror is filled at start; a departure in the tenant reaches the plugin's contact
+        # receiver as a callback, and the worker re-reads the member and marks them departed.
+        cli_env = _env(WECOM_SANDBOX="true", DATABASE_URL=database)
+
+        def show(userid: str) -> dict | None:
+            out = subprocess.run(
+                [sys.executable, "-m", "wecom_plugin", "directory", "show", userid, "--json"],
+                cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            return json.loads(out.stdout) if out.returncode == 0 else None
+
         leaver = requests.get(f"{sandbox}/org", timeout=5).json()["users"][3]["userid"]
+        procs.wait_for(lambda: show(leaver) is not None, 60, interval=0.5, what="the first directory sync")
         assert requests.post(f"{sandbox}/directory/depart", json={"userid": leaver}, timeout=5).ok
+        procs.wait_for(lambda: show(leaver)["status"] == 5, 30, interval=0.5, what="the departure to be mirrored")
+        assert requests.get(f"{base}/status", timeout=5).json()["directory"]["last_sync"]["state"] == "completed"
 
-        def jobs_done(count: int):
-            return lambda: requests.get(f"{base}/status", timeout=5).json()["jobs"].get("done") == count
+        def settled() -> int | None:
+            jobs = requests.get(f"{base}/status", timeout=5).json()["jobs"]
+            busy = jobs.get("ready", 0) + jobs.get("running", 0)
+            return None if busy else jobs.get("done", 0)
 
-        procs.wait_for(jobs_done(2), 30, interval=0.3, what="the callback to be stored and dispatched")
+        procs.wait_for(lambda: settled() is not None, 30, interval=0.3, what="the worker to go idle")
+        done_before = settled()
         enqueue = subprocess.run(
             [sys.executable, "-m", "wecom_plugin", "jobs", "enqueue", "noop", "--count", "3"],
-            cwd=ROOT, env=_env(WECOM_SANDBOX="true", DATABASE_URL=database), capture_output=True, text=True,
-            timeout=60,
+            cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert enqueue.returncode == 0, enqueue.stderr
 
         def all_done() -> bool:
             status = requests.get(f"{base}/status", timeout=5).json()
-            return status["jobs"].get("done") == 5 and status["healthy"]
+            return status["jobs"].get("done") == done_before + 3 and status["healthy"]
 
         procs.wait_for(all_done, 30, interval=0.3, what="the in-process worker to run the jobs")
     finally:

@@ -185,6 +185,11 @@ def status_command(as_json: bool) -> None:
                 flag = "fresh" if p["fresh"] else "STALE"
                 click.echo(f"  {p['id']}  {p['state']}  last seen {p['last_seen_age_seconds']}s ago  {flag}")
         click.echo(f"jobs: {report['jobs']}   open alerts 未处理告警: {report['open_alerts']}")
+        directory = report["directory"]
+        last = directory["last_sync"]
+        last_text = "never" if last is None else f"#{last['id']} {last['state']}"
+        braked = "; BRAKED, waiting for `wecom-plugin directory confirm`" if directory["pending_brake"] else ""
+        click.echo(f"directory 通讯录: members {directory['members']}; last sync {last_text}{braked}")
     sys.exit(0 if ready and report["healthy"] else 1)
 
 

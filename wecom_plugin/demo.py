@@ -50,6 +50,7 @@ def start(
     from wecom_plugin.emulator.cli import start_sandbox, stop_sandbox
     from wecom_plugin.extensions import db
     from wecom_plugin.jobs.runner import run_all_in_one
+    from wecom_plugin.runtime.queue import enqueue
     from wecom_plugin.services.alerts import raise_alert
 
     plugin = f"http://{host}:{port}"
@@ -76,6 +77,8 @@ def start(
                 title_en="Demo started: a test alert, delivered by the worker as a WeCom app message",
                 detail={"recipients": admins},
             )
+            # Fill the directory mirror now rather than at the first hourly reconciliation.
+            enqueue("directory.sync", {"trigger": "demo"}, dedupe_key=f"demo-sync:{time.time():.0f}")
             db.session.commit()
         print(_banner(host, port, creds, admins), flush=True)
         run_all_in_one(app, host=host, port=port, worker_threads=worker_threads)
@@ -97,7 +100,10 @@ def _banner(host: str, port: int, creds: Any, admins: list[str]) -> str:
             "  `WECOM_SANDBOX=true .venv/bin/wecom-plugin alerts list` lists it.",
             f"  目录变更回调 directory callbacks: curl -X POST {creds.admin_url}directory/depart "
             "-H 'Content-Type: application/json' -d '{\"userid\": \"USERID\"}'",
-            "    -> the plugin stores the change_contact event (see its log and the callback_inbox table).",
+            "    -> the callback reaches the plugin, the worker re-reads the member and the mirror marks them",
+            "       departed within seconds: `WECOM_SANDBOX=true .venv/bin/wecom-plugin directory show USERID`.",
+            "  目录镜像 directory mirror: `WECOM_SANDBOX=true .venv/bin/wecom-plugin directory status`"
+            " (synced at start, reconciled every DIRECTORY_SYNC_MINUTES).",
             "  停止 stop: Ctrl-C",
             "",
         ]

@@ -48,6 +48,7 @@ def runtime_status(settings) -> dict[str, Any]:
         procs = heartbeat.processes(conn, settings.heartbeat_stale_seconds)
         jobs = queue.counts_by_state(conn)
         open_alerts = conn.execute(sa.text("SELECT count(*) FROM alert WHERE state = 'open'")).scalar_one()
+        directory = directory_summary(conn)
     workers = [p for p in procs if p["kind"] == "worker" and p["fresh"]]
     clocks = [p for p in procs if p["kind"] == "clock" and p["fresh"]]
     return {
@@ -55,5 +56,20 @@ def runtime_status(settings) -> dict[str, Any]:
         "clocks": {"fresh": len(clocks), "processes": [p for p in procs if p["kind"] == "clock"]},
         "jobs": jobs,
         "open_alerts": open_alerts,
+        "directory": directory,
         "healthy": bool(workers) and bool(clocks),
+    }
+
+
+def directory_summary(conn: sa.Connection) -> dict[str, Any]:
+    """Members by status, the last sync and whether a brake waits for a person (for /status)."""
+    from wecom_plugin.services.directory_status import status
+
+    info = status(conn)
+    last = info["last_sync"]
+    return {
+        "members": info["members"],
+        "last_sync": None if last is None else {k: last[k] for k in ("id", "state", "trigger", "finished_at")},
+        "pending_brake": info["pending_brake"] is not None,
+        "outbox_pending": info["outbox_pending"],
     }

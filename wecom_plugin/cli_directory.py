@@ -79,11 +79,16 @@ def _print_report(report, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @with_appcontext
 def directory_sync(full: bool, dry_run: bool, as_json: bool) -> None:
-    """Sync the mirror from WeCom now (departments and members; --full adds tags)."""
+    """Sync the mirror from WeCom now (departments and members; --full adds tags).
+
+    Exit status: 0 done, 1 failed (the message says what to change), 3 braked or incomplete.
+    """
     from wecom_plugin.services.directory_sync import run_sync
 
     report = run_sync(current_app._get_current_object(), dry_run=dry_run, trigger="cli", include_tags=full)  # noqa: SLF001
     _print_report(report, as_json)
+    if report.state in ("braked", "incomplete"):
+        raise SystemExit(3)  # not an error in the tool, but not done either: scripts must notice
 
 
 @directory_group.command("status")

@@ -24,11 +24,12 @@ def _alerts(app) -> list[Alert]:
         {"action": "empty_directory", "endpoint": "*"},
         {"action": "empty_directory", "endpoint": "user/list"},
         {"action": "truncated_directory", "endpoint": "user/list"},
+        {"action": "truncated_directory", "endpoint": "*"},
         {"action": "errcode", "endpoint": "*", "errcode": 60020},
         {"action": "errcode", "endpoint": "user/list", "errcode": 48009},
         {"action": "errcode", "endpoint": "department/list", "errcode": 60011},
     ],
-    ids=["empty", "empty-members", "truncated", "60020", "48009", "60011"],
+    ids=["empty", "empty-members", "truncated-members", "truncated-all", "60020", "48009", "60011"],
 )
 def test_a_broken_answer_changes_nothing_and_raises_one_alert(tenant_app, mirror, emulator, fault):
     run_sync(tenant_app)
@@ -101,3 +102,21 @@ def test_a_member_outside_the_visibility_is_a_scope_alert_not_a_departure(tenant
     assert mirror.person(member).status == 1
     [alert] = _alerts(tenant_app)
     assert "可见范围" in alert.detail["fix"]
+
+
+def test_the_app_secret_in_place_of_the_contact_sync_secret_is_diagnosed(
+    make_app, db_url, emulator, mirror, tenant_app
+):
+    run_sync(tenant_app)
+    app = make_app(
+        DATABASE_URL=tenant_app.extensions["wecom_settings"].database_url,
+        WECOM_API_BASE_URL=emulator.url,
+        WECOM_CORP_ID=emulator.corp_id,
+        WECOM_AGENT_ID=str(emulator.OUR),
+        WECOM_SECRET=emulator.secret(),
+        WECOM_CONTACT_SECRET=emulator.secret(),  # the wrong one: user/list_id answers 48002
+    )
+    emulator.admin("directory/depart", userid=emulator.users()[12].userid)
+    assert run_sync(app).state == "completed"
+    [alert] = _alerts(app)
+    assert alert.key == "directory.setup.48002" and "WECOM_CONTACT_SECRET" in alert.detail["fix"]

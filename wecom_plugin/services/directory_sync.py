@@ -122,7 +122,7 @@ class _Reader:
         return fn(self.client(), *args)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any, BaseException | None]]:
-        """Yield ``(item, result, error)`` in completion order, at most ``window`` calls in flight.
+        """Yield ``(item, result, error)`` in submission order, at most ``window`` calls in flight.
 
         The guard (a job's lease check) runs on the calling thread before each submission, so a
         sync whose job lost its lease stops asking WeCom.
@@ -192,6 +192,7 @@ class FullSync:
         self.origin = Origin("sync")
         self.complete = True
         self.problems: list[str] = []
+        self.gone_departments: list[int] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def run(self) -> SyncReport:
@@ -286,6 +287,7 @@ class FullSync:
         planned = self._settle_absent(index, seen, newcomers)
         if planned is not None:
             return planned
+        self._delete_departments(index)
         if self.include_tags:
             self._walk_tags(index)
         return None
@@ -324,16 +326,25 @@ class FullSync:
         changed = [d for d in departments if _dept_changed(d, index.departments.get(d.id))]
         listed = {d.id for d in departments}
         gone = [i for i, row in index.departments.items() if row.deleted_at is None and i not in listed]
-        self.stats["departments_changed"] = len(changed) + (len(gone) if self.complete else 0)
-        if self.dry_run or not (changed or gone):
+        self.stats["departments_changed"] = len(changed)
+        self.gone_departments = gone  # deleted only after a complete, unbraked member walk
+        if self.dry_run or not changed:
             return
         with self.engine.begin() as conn:
             for dep in changed:
                 mirror.upsert_department(conn, dep, self.origin, index.departments.get(dep.id))
-            # A department missing from an incomplete answer proves nothing.
-            if self.complete and len(gone) <= rules.brake_threshold(len(index.departments)):
-                for dep_id in gone:
-                    mirror.mark_department_deleted(conn, dep_id, self.origin)
+
+    def _delete_departments(self, index: _Index) -> None:
+        """Departments missing from a complete answer are gone; a partial answer proves nothing."""
+        gone = self.gone_departments
+        if not gone or not self.complete or len(gone) > rules.brake_threshold(len(index.departments)):
+            return
+        self.stats["departments_changed"] += len(gone)
+        if self.dry_run:
+            return
+        with self.engine.begin() as conn:
+            for dep_id in gone:
+                mirror.mark_department_deleted(conn, dep_id, self.origin)
 
     # ---- members ---------------------------------------------------------------------------------------
     def _walk_members(self, departments: list[DepartmentRecord], index: _Index) -> tuple[set[str], dict]:
@@ -500,6 +511,17 @@ class FullSync:
                 listed.update(rules.fold(str(r.get("userid", ""))) for r in page.rows)
         except WeComError as exc:
             self.problems.append(f"user/list_id cross-check skipped: errcode {exc.errcode}")
+            fix = diagnose(exc.errcode)
+            if fix is not None:  # e.g. 48002: WECOM_CONTACT_SECRET holds the app's secret
+                with self.engine.begin() as conn:
+                    raise_alert(
+                        f"directory.setup.{exc.errcode}",
+                        title_zh=f"通讯录同步助手 Secret 配置有误：{wecom_errors.describe(exc.errcode)}",
+                        title_en=f"The contact-sync secret is misconfigured: WeCom errcode {exc.errcode}",
+                        severity="warning",
+                        detail={"fix": fix.text(), "sync_id": self.sync_id},
+                        session=conn,
+                    )
             return
         finally:
             client.close()

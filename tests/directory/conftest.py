@@ -105,7 +105,7 @@ class LivePlugin:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.worker = Worker(app)
-        url = f"http://127.0.0.1:{self.server.port}/wecom/callback/contacts"
+        self.url = url = f"http://127.0.0.1:{self.server.port}/wecom/callback/contacts"
         emulator.admin("callbacks/receivers", receiver="contact_sync", url=url, token=CONTACT_TOKEN,
                        aes_key=CONTACT_KEY)  # fmt: skip
 

@@ -99,3 +99,20 @@ def test_a_department_rename_that_sends_no_callback_is_healed_by_reconciliation(
     assert mirror.departments()[dep].name != "更名后的部门"
     run_sync(tenant_app, trigger="schedule")
     assert mirror.departments()[dep].name == "更名后的部门"
+
+
+def test_a_rename_overtaken_by_an_update_for_the_new_id_keeps_one_person(live, mirror, emulator, tenant_app):
+    run_sync(tenant_app)
+    userid = _member(emulator, 12)
+    person_id = mirror.person(userid).id
+    # The rename's callback is late: the update of the renamed member overtakes it.
+    emulator.admin("callbacks/faults", action="delay", change_type="update_user", seconds=1)
+    emulator.admin("directory/rename", userid=userid, new_userid="Overtaken.Rename")
+    emulator.admin("callbacks/faults", method="DELETE")
+    emulator.admin("directory/update", userid="Overtaken.Rename", position="调整后")
+    live.settle()
+    person = mirror.person("Overtaken.Rename")
+    assert person.id == person_id and person.position == "调整后"
+    assert mirror.person(userid) is None
+    kinds = [c.kind for c in mirror.changes() if c.person_id == person_id]
+    assert kinds[-3:] == ["merged", "renamed", "updated"] and "departed" not in kinds

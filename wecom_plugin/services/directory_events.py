@@ -29,6 +29,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.orm import Session
 
+from wecom_plugin.domain import directory as rules
 from wecom_plugin.domain.directory import DepartmentRecord, MemberRecord, TagRecord
 from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.runtime.queue import enqueue
@@ -159,11 +160,27 @@ def _rename(session: Session, old: str, new: str, inbox_id: int) -> None:
     """A NewUserID rename keeps the person's internal id (and so their history and memberships)."""
     conn = session.connection()
     person = mirror.find_person(conn, old, lock=True)
-    if person is None or mirror.find_person(conn, new) is not None:
-        return  # unknown, or already renamed (a duplicate or a sync got there first)
+    if person is None:
+        return  # unknown, or already renamed (a duplicate, or a sync got there first)
+    already = mirror.find_person(conn, new, lock=True)
+    if already is not None:
+        if person.status == rules.LEFT or not _created_by_callback(conn, already.id):
+            return
+        # An update for the new id overtook this rename and created a second person: fold it back.
+        mirror.merge_person(conn, person, already, Origin("callback", inbox_id=inbox_id))
     renamed = replace(mirror.record_of(person), userid=new)
     mirror.upsert_member(conn, renamed, Origin("callback", inbox_id=inbox_id), current=person)
     session.commit()
+
+
+def _created_by_callback(conn: Any, person_id: int) -> bool:
+    """True if the person exists only because a callback created them (no sync ever listed them)."""
+    import sqlalchemy as sa
+
+    sources = set(
+        conn.execute(sa.select(mirror.CHANGE.c.source).where(mirror.CHANGE.c.person_id == person_id)).scalars()
+    )
+    return sources == {"callback"}
 
 
 def on_user_deleted(session: Session, event: UserDeleted, row: CallbackInbox) -> None:

@@ -195,6 +195,18 @@ def upsert_member(
     return Applied(current.id, kind, changes, outbox_kind)
 
 
+def merge_person(conn: sa.Connection, keep: Any, duplicate: Any, origin: Origin) -> None:
+    """Fold ``duplicate`` into ``keep``: one person seen under two ids because a rename's callback
+    arrived after an update for the new id (which created a second person). History and outbox rows
+    move to ``keep``; the duplicate's row goes. Tables that refer to people must move theirs here too.
+    """
+    conn.execute(sa.update(CHANGE).where(CHANGE.c.person_id == duplicate.id).values(person_id=keep.id))
+    conn.execute(sa.update(OUTBOX).where(OUTBOX.c.person_id == duplicate.id).values(person_id=keep.id))
+    conn.execute(sa.delete(TAG_MEMBER).where(TAG_MEMBER.c.person_id == duplicate.id))
+    conn.execute(sa.delete(PERSON).where(PERSON.c.id == duplicate.id))
+    _history(conn, origin, "merged", {"merged_person_id": duplicate.id, "userid": duplicate.userid}, person_id=keep.id)
+
+
 def mark_departed(conn: sa.Connection, person: Any, origin: Origin) -> Applied:
     """Record a departure (delete_user, or absence confirmed by 60111): status 5, departed_at now.
 

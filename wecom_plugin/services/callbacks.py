@@ -80,19 +80,36 @@ def store(session: Session, receiver: str, callback: Callback) -> bool:
 
 
 def dispatch(session: Session, inbox_id: int) -> dict[str, Any]:
-    """Hand a stored callback to its handler; keep it as ``unhandled`` when there is none yet."""
+    """Hand a stored callback to its handler; keep it as ``unhandled`` when there is none yet.
+
+    No transaction is held while the handler runs (it may call WeCom: on SQLite an open write
+    transaction would block every receiver's answer). The handler's final writes commit together
+    with a compare-and-set of the row's state from ``new``: a worker that lost the job while inside
+    the handler (paused past its lease) finds the row already handled and rolls its writes back.
+    """
     from wecom_plugin.wecom import safexml
 
     row = session.get(CallbackInbox, inbox_id)
     if row is None or row.state != "new":
-        return {"skipped": "already processed" if row else "gone"}
-    event = parse_event(safexml.parse(row.plaintext.encode("utf-8")))
+        result = {"skipped": "already processed" if row else "gone"}
+        session.rollback()
+        return result
+    kind, plaintext = row.kind, row.plaintext
+    session.expunge(row)  # handed to the handler detached: its fields stay readable
+    session.rollback()  # end the read before the handler runs
+    event = parse_event(safexml.parse(plaintext.encode("utf-8")))
     handler = HANDLERS.get(type(event).__name__)
-    if handler is None:
-        row.state = "unhandled"
-    else:
+    state = "unhandled"
+    if handler is not None:
         handler(session, event, row)
-        row.state = "handled"
-    row.processed_at = utcnow()
+        state = "handled"
+    done = session.execute(
+        sa.update(INBOX)
+        .where(INBOX.c.id == inbox_id, INBOX.c.state == "new")
+        .values(state=state, processed_at=utcnow())
+    ).rowcount
+    if done != 1:
+        session.rollback()
+        return {"skipped": "processed by another worker"}
     session.commit()
-    return {"kind": row.kind, "state": row.state}
+    return {"kind": kind, "state": state}

@@ -29,9 +29,20 @@ def _echo_json(value) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
 
+def _run(**options):
+    """Run a sync in this process; a busy mirror or a WeCom failure ends in one clear line."""
+    from wecom_plugin.errors import PluginError, describe_error
+    from wecom_plugin.services.directory_sync import SyncBusy, run_sync
+
+    try:
+        return run_sync(current_app._get_current_object(), **options)  # noqa: SLF001
+    except SyncBusy as exc:
+        raise click.ClickException(f"另一个同步正在运行 / {exc}") from None
+    except PluginError as exc:
+        raise click.ClickException(f"同步失败 / directory sync failed: {describe_error(exc)}") from None
+
+
 def _print_report(report, as_json: bool) -> None:
-    from wecom_plugin.extensions import db
-    from wecom_plugin.models.ops import Alert
 
     if as_json:
         _echo_json(report.as_dict())
@@ -60,17 +71,7 @@ def _print_report(report, as_json: bool) -> None:
         if report.error:
             click.echo(f"  {report.error}")
     if report.state == "failed":
-        alert = (
-            db.session.query(Alert)
-            .filter(Alert.state == "open", Alert.key.like("directory.%"))
-            .order_by(Alert.last_raised_at.desc())
-            .first()
-        )
-        detail = (alert.detail or {}) if alert is not None else {}
-        message = detail.get("fix") or report.error or "directory sync failed"
-        if detail.get("wecom_errmsg"):
-            message += f"\nWeCom: {detail['wecom_errmsg']}"
-        raise click.ClickException(message)
+        raise click.ClickException(report.error or "directory sync failed")
 
 
 @directory_group.command("sync")
@@ -83,9 +84,7 @@ def directory_sync(full: bool, dry_run: bool, as_json: bool) -> None:
 
     Exit status: 0 done, 1 failed (the message says what to change), 3 braked or incomplete.
     """
-    from wecom_plugin.services.directory_sync import run_sync
-
-    report = run_sync(current_app._get_current_object(), dry_run=dry_run, trigger="cli", include_tags=full)  # noqa: SLF001
+    report = _run(dry_run=dry_run, trigger="cli", include_tags=full)
     _print_report(report, as_json)
     if report.state in ("braked", "incomplete"):
         raise SystemExit(3)  # not an error in the tool, but not done either: scripts must notice
@@ -173,7 +172,6 @@ def directory_confirm(sync_id: int | None, actor: str, reason: str | None, no_sy
     from wecom_plugin.extensions import db
     from wecom_plugin.runtime.queue import enqueue
     from wecom_plugin.services.directory_status import DirectoryError, confirm_brake
-    from wecom_plugin.services.directory_sync import run_sync
 
     try:
         view = confirm_brake(db.session, f"user:{actor}", sync_id, reason)
@@ -185,8 +183,7 @@ def directory_confirm(sync_id: int | None, actor: str, reason: str | None, no_sy
     db.session.commit()
     click.echo(f"已确认 confirmed: sync #{view['id']} ({view['planned_departures']} departures) by {actor}")
     if not no_sync:
-        report = run_sync(current_app._get_current_object(), trigger="confirm", confirmed_sync=view["id"])  # noqa: SLF001
-        _print_report(report, as_json=False)
+        _print_report(_run(trigger="confirm", confirmed_sync=view["id"]), as_json=False)
 
 
 __all__ = ["register", "rules"]

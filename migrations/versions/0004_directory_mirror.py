@@ -88,6 +88,13 @@ def upgrade():
     )
     with op.batch_alter_table("directory_sync", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_directory_sync_state"), ["state"], unique=False)
+        batch_op.create_index(
+            "uq_directory_sync_running",
+            ["state"],
+            unique=True,
+            sqlite_where=sa.text("state = 'running' AND NOT dry_run"),
+            postgresql_where=sa.text("state = 'running' AND NOT dry_run"),
+        )
 
     op.create_table(
         "tag",
@@ -170,6 +177,7 @@ def downgrade():
     op.drop_table("tag_member")
     op.drop_table("tag")
     with op.batch_alter_table("directory_sync", schema=None) as batch_op:
+        batch_op.drop_index("uq_directory_sync_running")
         batch_op.drop_index(batch_op.f("ix_directory_sync_state"))
 
     op.drop_table("directory_sync")

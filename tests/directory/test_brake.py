@@ -120,3 +120,60 @@ def test_the_app_secret_in_place_of_the_contact_sync_secret_is_diagnosed(
     assert run_sync(app).state == "completed"
     [alert] = _alerts(app)
     assert alert.key == "directory.setup.48002" and "WECOM_CONTACT_SECRET" in alert.detail["fix"]
+
+
+def test_a_dry_run_over_the_brake_leaves_nothing_to_confirm(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    for userid in [u.userid for u in emulator.users()[10:25]]:
+        emulator.admin("directory/depart", userid=userid)
+    report = run_sync(tenant_app, dry_run=True)
+    assert report.state == "dry_run" and report.stats["planned_departures"] == 15
+    result = tenant_app.test_cli_runner().invoke(cli, ["directory", "confirm", "--by", "x", "--no-sync"])
+    assert result.exit_code == 1 and "no sync is waiting" in result.output
+    assert _alerts(tenant_app) == []
+
+
+def test_a_truncated_tag_list_deletes_no_tag(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    live = {i for i, t in mirror.tags().items() if t.deleted_at is None}
+    members = mirror.tag_members()
+    emulator.admin("faults", action="truncated_directory", endpoint="tag/list", keep=1)
+    run_sync(tenant_app, trigger="schedule")
+    assert {i for i, t in mirror.tags().items() if t.deleted_at is None} == live
+    assert mirror.tag_members() == members
+
+
+def test_a_deleted_tag_is_deleted_once_tag_get_confirms_it(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    tagid = sorted(emulator.data.tags)[-1]
+    with emulator.tenant.lock:  # the sandbox has no admin route for deleting a tag
+        del emulator.data.tags[tagid]
+    run_sync(tenant_app, trigger="schedule")
+    assert mirror.tags()[tagid].deleted_at is not None
+    assert not [m for m in mirror.tag_members() if m[0] == tagid]
+
+
+def test_mass_disablement_counts_towards_the_brake(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    disabled = [u.userid for u in emulator.users()[10:22]]
+    for userid in disabled:
+        emulator.admin("directory/disable", userid=userid)
+    report = run_sync(tenant_app)
+    assert report.state == "braked" and len(report.planned_departures) == 12
+    assert all(mirror.person(u).status == 1 for u in disabled)  # not written while braked
+    assert mirror.outbox() == []
+
+
+def test_a_confirmation_is_applied_by_the_next_sync_whoever_starts_it(tenant_app, mirror, emulator):
+    run_sync(tenant_app)
+    leavers = [u.userid for u in emulator.users()[10:25]]
+    for userid in leavers:
+        emulator.admin("directory/depart", userid=userid)
+    assert run_sync(tenant_app).state == "braked"
+    result = tenant_app.test_cli_runner().invoke(cli, ["directory", "confirm", "--by", "王主任", "--no-sync"])
+    assert result.exit_code == 0, result.output
+    assert run_sync(tenant_app, trigger="schedule").state == "completed"  # not the job the confirm enqueued
+    assert all(mirror.person(u).status == 5 for u in leavers)
+    with tenant_app.app_context():
+        states = list(db.session.scalars(sa.text("SELECT state FROM directory_sync ORDER BY id")))
+    assert states == ["completed", "applied", "completed"]

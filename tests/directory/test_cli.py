@@ -46,3 +46,23 @@ def test_a_setup_problem_says_what_to_change_in_the_console(tenant_app, emulator
 def test_show_an_unknown_member_is_a_clear_error(tenant_app):
     result = _run(tenant_app, "show", "nobody")
     assert result.exit_code == 1 and "no member 'nobody'" in result.output
+
+
+def test_a_gateway_failure_is_one_clear_line(tenant_app, emulator):
+    emulator.admin("faults", action="http_status", endpoint="department/list", status=502)
+    result = _run(tenant_app, "sync")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "department/list" in result.output
+
+
+def test_directory_reads_spend_the_shared_budget(tenant_app, emulator):
+    import sqlalchemy as sa
+
+    from wecom_plugin.extensions import db
+    from wecom_plugin.wecom.budget import bucket
+
+    assert _run(tenant_app, "sync").exit_code == 0
+    with tenant_app.app_context():
+        spent = dict(db.session.execute(sa.text("SELECT bucket, count FROM rate_counter")).all())
+    assert spent[bucket("api.minute", "user/list")] >= len(emulator.data.departments)
+    assert spent[bucket("api.hour", "department/list")] >= 1

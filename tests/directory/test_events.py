@@ -116,3 +116,32 @@ def test_a_rename_overtaken_by_an_update_for_the_new_id_keeps_one_person(live, m
     assert mirror.person(userid) is None
     kinds = [c.kind for c in mirror.changes() if c.person_id == person_id]
     assert kinds[-3:] == ["merged", "renamed", "updated"] and "departed" not in kinds
+
+
+def test_a_tag_event_before_the_hire_is_filled_in_by_the_next_sync(live, mirror, emulator, tenant_app):
+    run_sync(tenant_app)
+    emulator.admin("callbacks/faults", action="drop", change_type="create_user")
+    dep = sorted(emulator.data.departments)[3]
+    emulator.admin("directory/hire", userid="TagFirst01", name="新人", department=[dep])
+    tag = sorted(emulator.data.tags)[0]
+    emulator.admin("directory/tag", tagid=tag, add_users=["TagFirst01"])
+    live.settle()  # update_tag handled while the member is unknown to the mirror
+    assert mirror.person("TagFirst01") is None
+    run_sync(tenant_app, trigger="schedule")
+    assert (tag, mirror.person("TagFirst01").id) in mirror.tag_members()
+
+
+def test_a_rename_onto_a_departed_members_reused_id_keeps_both_people_apart(live, mirror, emulator, tenant_app):
+    run_sync(tenant_app)
+    gone, renamed = _member(emulator, 13), _member(emulator, 14)
+    emulator.admin("directory/depart", userid=gone)
+    live.settle()
+    gone_id, renamed_id = mirror.person(gone).id, mirror.person(renamed).id
+    emulator.admin("directory/rename", userid=renamed, new_userid=gone)  # WeCom lets the id be reused
+    live.settle()
+    assert mirror.person(gone).id == renamed_id and mirror.person(gone).status == 1
+    departed = {p.id: p for p in mirror.people().values()}[gone_id]
+    assert departed.status == 5 and departed.userid == gone  # moved aside, not overwritten
+    run_sync(tenant_app, trigger="schedule")
+    assert mirror.person(gone).id == renamed_id and mirror.person(gone).status == 1
+    assert [(o.kind, o.person_id) for o in mirror.outbox()] == [("departed", gone_id)]

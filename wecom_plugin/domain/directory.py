@@ -42,6 +42,11 @@ def _fingerprint(values: Mapping[str, Any]) -> str:
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def fingerprint_values(values: Mapping[str, Any]) -> str:
+    """The fingerprint of a member's :meth:`MemberRecord.values` (to reuse a dict already built)."""
+    return _fingerprint(values)
+
+
 def _ints(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         return ()
@@ -60,12 +65,12 @@ def _strs(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value if isinstance(v, str | int) and str(v))
 
 
-def _status(value: Any) -> int:
+def _status(value: Any, fallback: int) -> int:
     try:
         status = int(value)
     except (TypeError, ValueError):
-        return ACTIVE  # user/list rows of some tenants omit it; a listed member is a member
-    return status if status in STATUS_NAMES else ACTIVE
+        return fallback  # some tenants' user/list rows omit it: keep what the mirror knew
+    return status if status in STATUS_NAMES else fallback
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,12 @@ class MemberRecord:
         return fold(self.userid)
 
     @classmethod
-    def from_api(cls, row: Mapping[str, Any]) -> MemberRecord:
-        """From a ``user/get`` answer or a ``user/list`` row. Raises ValueError without a userid."""
+    def from_api(cls, row: Mapping[str, Any], fallback_status: int = ACTIVE) -> MemberRecord:
+        """From a ``user/get`` answer or a ``user/list`` row. Raises ValueError without a userid.
+
+        ``fallback_status``: the status to assume when the row has none or an unknown one (the
+        mirror's current status for a known member, so a missing field is not a change).
+        """
         userid = row.get("userid")
         if not isinstance(userid, str) or not userid.strip():
             raise ValueError("member record without a userid")
@@ -110,15 +119,22 @@ class MemberRecord:
             position=str(row.get("position") or ""),
             is_leader_in_dept=leader_flags[: len(departments)],
             direct_leaders=_strs(row.get("direct_leader")),
-            status=_status(row.get("status")),
+            status=_status(row.get("status"), fallback_status),
         )
 
     def values(self) -> dict[str, Any]:
-        """The column values (lists for JSON columns)."""
-        v = asdict(self)
-        for key in ("departments", "is_leader_in_dept", "direct_leaders"):
-            v[key] = list(v[key])
-        return v
+        """The column values (lists for JSON columns). Built by hand: this runs for every member of
+        every sync, and ``dataclasses.asdict`` deep-copies (it was most of a no-change re-sync)."""
+        return {
+            "userid": self.userid,
+            "name": self.name,
+            "departments": list(self.departments),
+            "main_department": self.main_department,
+            "position": self.position,
+            "is_leader_in_dept": list(self.is_leader_in_dept),
+            "direct_leaders": list(self.direct_leaders),
+            "status": self.status,
+        }
 
     def fingerprint(self) -> str:
         return _fingerprint(self.values())

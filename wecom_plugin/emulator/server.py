@@ -36,6 +36,7 @@ DIRECTORY_LISTS = {
     "user/list": "userlist",
     "user/list_id": "dept_user",
     "tag/get": "userlist",
+    "tag/list": "taglist",
 }
 
 

@@ -7,15 +7,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
 from wecom_plugin.extensions import db
 from wecom_plugin.jobs.context import JobContext
-from wecom_plugin.models.dbtime import sql_now
 from wecom_plugin.runtime.registry import AT_LEAST_ONCE, job_type
 from wecom_plugin.services import directory_events  # noqa: F401 - registers the callback handlers
 from wecom_plugin.services.directory_mirror import minimise_departed
-from wecom_plugin.services.directory_sync import SYNC, run_sync
+from wecom_plugin.services.directory_sync import SyncBusy, run_sync
 
 SYNC_TIMEOUT_SECONDS = 3 * 3600
 
@@ -23,32 +20,16 @@ SYNC_TIMEOUT_SECONDS = 3 * 3600
 @job_type("directory.sync", delivery=AT_LEAST_ONCE, max_attempts=3, timeout_seconds=SYNC_TIMEOUT_SECONDS)
 def directory_sync(ctx: JobContext) -> dict[str, Any]:
     """Full directory sync: walk WeCom's directory and make the mirror match (reads are idempotent)."""
-    if _another_sync_running():
-        return {"skipped": "another directory sync is running"}
-    report = run_sync(
-        ctx.app,
-        trigger=str(ctx.payload.get("trigger", "schedule"))[:32],
-        confirmed_sync=ctx.payload.get("confirmed_sync"),
-        guard=ctx.ensure_lease,
-    )
+    try:
+        report = run_sync(
+            ctx.app,
+            trigger=str(ctx.payload.get("trigger", "schedule"))[:32],
+            confirmed_sync=ctx.payload.get("confirmed_sync"),
+            guard=ctx.ensure_lease,
+        )
+    except SyncBusy as exc:
+        return {"skipped": str(exc)}
     return report.as_dict()
-
-
-def _another_sync_running() -> bool:
-    """True while a sync started within the timeout is still running; older ones were abandoned
-    (their process died) and are marked so."""
-    session = db.session
-    cutoff = sql_now(-SYNC_TIMEOUT_SECONDS)
-    session.execute(
-        sa.update(SYNC)
-        .where(SYNC.c.state == "running", SYNC.c.started_at < cutoff)
-        .values(state="failed", error="abandoned: its process stopped", finished_at=sql_now())
-    )
-    running = session.execute(
-        sa.select(sa.func.count()).select_from(SYNC).where(SYNC.c.state == "running", SYNC.c.dry_run.is_(False))
-    ).scalar_one()
-    session.commit()
-    return running > 0
 
 
 @job_type("directory.minimise", delivery=AT_LEAST_ONCE)

@@ -117,10 +117,21 @@ class DirectorySync(Base):
 
     ``state``: running, completed, incomplete (some reads failed: nothing departed by absence),
     failed, braked (stopped by the mass-change brake; ``planned_departures`` waits for
-    ``wecom-plugin directory confirm``), confirmed (a person confirmed the brake), dry_run.
+    ``wecom-plugin directory confirm``), confirmed (a person confirmed the brake), applied (a later
+    sync carried the confirmed departures out), dry_run.
     """
 
     __tablename__ = "directory_sync"
+    __table_args__ = (
+        # One sync writing at a time, across every process: a second one fails to start.
+        sa.Index(
+            "uq_directory_sync_running",
+            "state",
+            unique=True,
+            sqlite_where=sa.text("state = 'running' AND NOT dry_run"),
+            postgresql_where=sa.text("state = 'running' AND NOT dry_run"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     trigger: Mapped[str] = mapped_column(sa.String(32))  # cli | schedule | confirm | api

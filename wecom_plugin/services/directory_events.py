@@ -105,8 +105,8 @@ def _scope_alert(session: Session, exc: WeComError) -> None:
     session.commit()
 
 
-def _origin(row: CallbackInbox, reason: str | None = None) -> Origin:
-    return Origin("callback", inbox_id=row.id, reason=reason)
+def _origin(inbox_id: int, reason: str | None = None) -> Origin:
+    return Origin("callback", inbox_id=inbox_id, reason=reason)
 
 
 def reconcile_soon(session: Session, why: str) -> None:
@@ -124,6 +124,18 @@ def reconcile_soon(session: Session, why: str) -> None:
 
 
 # --- members -------------------------------------------------------------------------------------------
+# A member's state is re-read at most this many times when other writers keep changing the row
+# while we ask WeCom; after that a reconciliation settles it.
+FRESH_READ_ATTEMPTS = 3
+
+
+def _seen(session: Session, userid: str) -> str | None:
+    """The mirror's fingerprint for ``userid`` right now ("" for a row without one, None if absent)."""
+    person = mirror.find_person(session.connection(), userid)
+    session.rollback()
+    return None if person is None else person.fingerprint
+
+
 def on_user_changed(session: Session, event: UserCreated | UserUpdated, row: CallbackInbox) -> None:
     """create_user / update_user: apply a NewUserID rename, then re-read the member and write the answer."""
     inbox_id = row.id
@@ -131,45 +143,76 @@ def on_user_changed(session: Session, event: UserCreated | UserUpdated, row: Cal
     if new and old.folded != new.folded:
         _rename(session, old, new, inbox_id)
     current_id = str(event.current_user_id)
-    if not current_id:
-        return
-    answer, error = _read(session, user_api.get, current_id)
-    row = session.get(CallbackInbox, inbox_id)
-    if error is not None:
-        if error.errcode == wecom_errors.USERID_NOT_FOUND:
-            # Not a departure on its own: the id may have been renamed without a callback reaching us.
-            log.info("update for %s re-read 60111: reconciling soon", current_id)
-            reconcile_soon(session, f"user/get {current_id} answered 60111 after {event.change_type}")
-        elif error.errcode != wecom_errors.NO_PRIVILEGE:
+    if current_id:
+        _refresh_member(session, current_id, Origin("callback", inbox_id=inbox_id), event.change_type or "")
+
+
+def _refresh_member(session: Session, userid: str, origin: Origin, why: str, *, deleted: bool = False) -> None:
+    """Re-read ``userid`` and write WeCom's answer, unless another writer changed the row while we
+    asked (then ask again: their answer may be newer than ours, or older).
+
+    ``deleted``: the event was delete_user, so 60111 confirms a departure. Otherwise one 60111 is
+    not a departure (an unannounced rename looks the same) and asks for a reconciliation soon.
+    """
+    for _attempt in range(FRESH_READ_ATTEMPTS):
+        before = _seen(session, userid)
+        answer, error = _read(session, user_api.get, userid)
+        conn = session.connection()
+        person = mirror.find_person(conn, userid, lock=True)
+        if (None if person is None else person.fingerprint) != before:
+            session.rollback()
+            continue  # someone wrote while we asked: read again
+        if error is None:
+            try:
+                rec = MemberRecord.from_api(answer, person.status if person is not None else rules.ACTIVE)
+            except ValueError:
+                log.warning("user/get answered without a userid; ignored")
+                return
+            if deleted:
+                origin = replace(origin, reason="delete_user was stale: user/get still answers")
+            mirror.upsert_member(conn, rec, origin, current=person, expected=before)
+            return
+        if error.errcode == wecom_errors.NO_PRIVILEGE:
+            return
+        if error.errcode != wecom_errors.USERID_NOT_FOUND:
             raise error
+        if deleted:
+            if person is not None:
+                mirror.mark_departed(conn, person, replace(origin, reason="delete_user; user/get 60111"))
+            return
+        log.info("%s re-read answered 60111: reconciling soon", why)
+        reconcile_soon(session, f"user/get answered 60111 after {why}")
         return
-    _write_member(session, answer, _origin(row))
-
-
-def _write_member(session: Session, answer: dict[str, Any], origin: Origin) -> None:
-    try:
-        rec = MemberRecord.from_api(answer)
-    except ValueError:
-        log.warning("user/get answered without a userid; ignored")
-        return
-    conn = session.connection()
-    mirror.upsert_member(conn, rec, origin)
+    session.rollback()
+    reconcile_soon(session, f"the member kept changing during {why}")
 
 
 def _rename(session: Session, old: str, new: str, inbox_id: int) -> None:
-    """A NewUserID rename keeps the person's internal id (and so their history and memberships)."""
+    """A NewUserID rename keeps the person's internal id (and so their history and memberships).
+
+    The event is authoritative: a departed person still holding the new id (WeCom reuses ids) is
+    moved aside; a second person created because an update for the new id overtook this event is
+    folded back in.
+    """
+    origin = Origin("callback", inbox_id=inbox_id)
     conn = session.connection()
     person = mirror.find_person(conn, old, lock=True)
     if person is None:
+        session.rollback()
         return  # unknown, or already renamed (a duplicate, or a sync got there first)
     already = mirror.find_person(conn, new, lock=True)
-    if already is not None:
-        if person.status == rules.LEFT or not _created_by_callback(conn, already.id):
+    if already is not None and already.id != person.id:
+        if already.status == rules.LEFT:
+            mirror.move_aside(conn, already, origin)
+        elif person.status != rules.LEFT and _created_by_callback(conn, already.id):
+            mirror.merge_person(conn, person, already, origin)
+        else:
+            session.rollback()
+            reconcile_soon(session, "a rename onto an id another active member holds")
+            session.commit()
             return
-        # An update for the new id overtook this rename and created a second person: fold it back.
-        mirror.merge_person(conn, person, already, Origin("callback", inbox_id=inbox_id))
     renamed = replace(mirror.record_of(person), userid=new)
-    mirror.upsert_member(conn, renamed, Origin("callback", inbox_id=inbox_id), current=person)
+    mirror.upsert_member(conn, renamed, origin, current=person)
     session.commit()
 
 
@@ -185,24 +228,9 @@ def _created_by_callback(conn: Any, person_id: int) -> bool:
 
 def on_user_deleted(session: Session, event: UserDeleted, row: CallbackInbox) -> None:
     """delete_user: departed once ``user/get`` confirms the id is gone; a live answer means the delete is stale."""
-    inbox_id = row.id
     userid = str(event.user_id)
-    if not userid:
-        return
-    answer, error = _read(session, user_api.get, userid)
-    row = session.get(CallbackInbox, inbox_id)
-    if error is None:
-        log.info("delete_user for %s, but WeCom still has them: writing the current answer", userid)
-        _write_member(session, answer, _origin(row, "delete_user was stale: user/get answered"))
-        return
-    if error.errcode == wecom_errors.NO_PRIVILEGE:
-        return
-    if error.errcode != wecom_errors.USERID_NOT_FOUND:
-        raise error
-    conn = session.connection()
-    person = mirror.find_person(conn, userid, lock=True)
-    if person is not None:
-        mirror.mark_departed(conn, person, _origin(row, "delete_user; user/get 60111"))
+    if userid:
+        _refresh_member(session, userid, Origin("callback", inbox_id=row.id), "delete_user", deleted=True)
 
 
 # --- departments -----------------------------------------------------------------------------------------
@@ -212,11 +240,10 @@ def on_party_changed(session: Session, event: PartyCreated | PartyUpdated | Part
     if event.party_id is None:
         return
     answer, error = _read(session, department_api.get, event.party_id)
-    row = session.get(CallbackInbox, inbox_id)
     conn = session.connection()
     if error is not None:
         if error.errcode == DEPARTMENT_NOT_FOUND:
-            mirror.mark_department_deleted(conn, event.party_id, _origin(row))
+            mirror.mark_department_deleted(conn, event.party_id, _origin(inbox_id))
         elif error.errcode != wecom_errors.NO_PRIVILEGE:
             raise error
         return
@@ -225,7 +252,7 @@ def on_party_changed(session: Session, event: PartyCreated | PartyUpdated | Part
     except ValueError:
         return
     current = conn.execute(DEPARTMENT.select().where(DEPARTMENT.c.id == rec.id)).one_or_none()
-    mirror.upsert_department(conn, rec, _origin(row), current)
+    mirror.upsert_department(conn, rec, _origin(inbox_id), current)
 
 
 # --- tags ----------------------------------------------------------------------------------------------------
@@ -235,17 +262,16 @@ def on_tag_updated(session: Session, event: TagUpdated, row: CallbackInbox) -> N
     if event.tag_id is None:
         return
     answer, error = _read(session, tag_api.get, event.tag_id)
-    row = session.get(CallbackInbox, inbox_id)
     conn = session.connection()
     if error is not None:
         if error.errcode == TAG_NOT_FOUND:
-            mirror.mark_tag_deleted(conn, event.tag_id, _origin(row))
+            mirror.mark_tag_deleted(conn, event.tag_id, _origin(inbox_id))
         elif error.errcode != wecom_errors.NO_PRIVILEGE:
             raise error
         return
     rec = TagRecord.from_api(event.tag_id, "", answer)
     current = conn.execute(TAG.select().where(TAG.c.id == rec.id)).one_or_none()
-    mirror.upsert_tag(conn, rec, _origin(row), current, mirror.person_ids_by_folded(conn, rec.users))
+    mirror.upsert_tag(conn, rec, _origin(inbox_id), current, mirror.person_ids_by_folded(conn, rec.users))
 
 
 for _cls in (UserCreated, UserUpdated):

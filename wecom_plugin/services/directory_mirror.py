@@ -138,13 +138,15 @@ def upsert_member(
     *,
     current: Any | None = None,
     rename_from: int | None = None,
+    expected: str | None = None,
 ) -> Applied:
     """Make the mirror hold ``rec``. Inserts a new person, or updates ``current`` (the row as read,
     or the person ``rename_from`` for a rename) when the fingerprint differs.
 
-    A person marked departed by a delete stays departed when a stale answer still shows them
-    active only if the caller decided so: this function writes what it is given. Callers re-read
-    WeCom first.
+    ``expected``: the fingerprint the caller saw *before* it asked WeCom. If the row has changed
+    since (another writer with a fresher answer got there first), nothing is written and the
+    kind is ``stale``: the caller re-reads or leaves it to the next reconciliation. Without it the
+    compare-and-set only guards against a change between reading ``current`` and writing.
     """
     fp = rec.fingerprint()
     if rename_from is not None:
@@ -171,6 +173,8 @@ def upsert_member(
             return Applied(None, "unchanged")
         _history(conn, origin, "hired", {"userid": rec.userid, "status": rec.status}, person_id=person_id)
         return Applied(person_id, "hired", {})
+    if expected is not None and current.fingerprint != expected:
+        return Applied(current.id, "stale")
     if current.fingerprint == fp and current.userid_folded == rec.folded:
         return Applied(current.id, "unchanged")
     before = record_of(current)
@@ -241,18 +245,21 @@ def bulk_insert_members(conn: sa.Connection, records: Sequence[MemberRecord], or
     rows = []
     for rec in records:
         values = rec.values()
+        fingerprint = rules.fingerprint_values(values)
         values.update(
             userid_folded=rec.folded,
-            fingerprint=rec.fingerprint(),
+            fingerprint=fingerprint,
             departed_at=now if rec.status == rules.LEFT else None,
             created_at=now,
             updated_at=now,
         )
         rows.append(values)
+    # RETURNING without sort_by_parameter_order, so SQLite batches the rows too (with it, SQLAlchemy
+    # sends one INSERT per row there); each returned row names its member.
     inserted = conn.execute(
         insert_for(conn, PERSON)
         .on_conflict_do_nothing(index_elements=["userid_folded"])
-        .returning(PERSON.c.id, PERSON.c.userid, PERSON.c.status, sort_by_parameter_order=True),
+        .returning(PERSON.c.id, PERSON.c.userid, PERSON.c.status),
         rows,
     ).all()
     if inserted:
@@ -298,11 +305,13 @@ def upsert_department(conn: sa.Connection, rec: DepartmentRecord, origin: Origin
     values = rec.values()
     values["parent_id"] = values.pop("parent_id")
     if current is None:
-        conn.execute(
+        inserted = conn.execute(
             insert_for(conn, DEPARTMENT)
             .values(**values, fingerprint=fp, updated_at=now)
             .on_conflict_do_nothing(index_elements=["id"])
-        )
+        ).rowcount
+        if not inserted:
+            return "unchanged"
         _history(
             conn, origin, "department_created", {"name": rec.name, "parent_id": rec.parent_id}, department_id=rec.id
         )
@@ -340,9 +349,14 @@ def upsert_tag(
     conn: sa.Connection, rec: TagRecord, origin: Origin, current: Any | None, person_ids: dict[str, int]
 ) -> str:
     """Insert or update one tag and its direct members (folded userid -> person id via ``person_ids``)."""
+    wanted = {person_ids[u] for u in rec.users if u in person_ids}
     fp = rec.fingerprint()
     if current is not None and current.fingerprint == fp and current.deleted_at is None:
         return "unchanged"
+    if len(wanted) < len(rec.users):
+        # Some members are not in the mirror yet (tag and member events are unordered, §8.5): store
+        # no fingerprint, so the next sync compares unequal and fills them in.
+        fp = ""
     now = utcnow()
     if current is None:
         conn.execute(
@@ -358,7 +372,6 @@ def upsert_tag(
             .values(name=rec.name, party_ids=list(rec.party_ids), fingerprint=fp, deleted_at=None, updated_at=now)
         )
         kind = "tag_updated"
-    wanted = {person_ids[u] for u in rec.users if u in person_ids}
     have = set(conn.execute(sa.select(TAG_MEMBER.c.person_id).where(TAG_MEMBER.c.tag_id == rec.id)).scalars())
     added, removed = sorted(wanted - have), sorted(have - wanted)
     if removed:
@@ -402,7 +415,7 @@ def minimise_departed(conn: sa.Connection, before: datetime, *, limit: int = 100
         return 0
     now = utcnow()
     for pid in ids:
-        pseudonym = f"departed-{pid}"
+        pseudonym = f"~departed-{pid}"  # "~" never appears in a WeCom userid: no collision
         conn.execute(
             sa.update(PERSON)
             .where(PERSON.c.id == pid)
@@ -434,8 +447,16 @@ def minimise_departed(conn: sa.Connection, before: datetime, *, limit: int = 100
 
 def _strip_history(conn: sa.Connection, person_ids: Iterable[int]) -> None:
     """Keep each history row's kind, source and date; drop the values (names, userids, positions)."""
-    rows = conn.execute(sa.select(CHANGE.c.id, CHANGE.c.detail).where(CHANGE.c.person_id.in_(list(person_ids)))).all()
-    for change_id, detail in rows:
-        fields = sorted((detail or {}).get("changes", {}).keys())
-        conn.execute(sa.update(CHANGE).where(CHANGE.c.id == change_id).values(detail={"fields": fields}))
-    conn.execute(sa.update(OUTBOX).where(OUTBOX.c.person_id.in_(list(person_ids))).values(detail={}))
+    ids = list(person_ids)
+    conn.execute(sa.update(CHANGE).where(CHANGE.c.person_id.in_(ids)).values(detail={"minimised": True}))
+    conn.execute(sa.update(OUTBOX).where(OUTBOX.c.person_id.in_(ids)).values(detail={}))
+
+
+def move_aside(conn: sa.Connection, person: Any, origin: Origin) -> None:
+    """Free a departed person's userid for someone WeCom now gives it to (a rename onto a reused id).
+
+    The departed row keeps its name and history; only its lookup key changes.
+    """
+    aside = f"~{person.id}~{person.userid_folded}"[:64]
+    conn.execute(sa.update(PERSON).where(PERSON.c.id == person.id).values(userid_folded=aside))
+    _history(conn, origin, "id_released", {"userid": person.userid}, person_id=person.id)

@@ -37,6 +37,7 @@ from wecom_plugin.domain import directory as rules
 from wecom_plugin.domain.directory import DepartmentRecord, MemberRecord, TagRecord
 from wecom_plugin.errors import RateLimitedError
 from wecom_plugin.models.base import utcnow
+from wecom_plugin.models.dbtime import sql_now
 from wecom_plugin.models.directory import DirectorySync
 from wecom_plugin.services import directory_mirror as mirror
 from wecom_plugin.services.alerts import raise_alert
@@ -45,6 +46,7 @@ from wecom_plugin.wecom import errors as wecom_errors
 from wecom_plugin.wecom.api import department as department_api
 from wecom_plugin.wecom.api import tag as tag_api
 from wecom_plugin.wecom.api import user as user_api
+from wecom_plugin.wecom.budget import BudgetExhausted, read_asks
 from wecom_plugin.wecom.diagnosis import diagnose
 from wecom_plugin.wecom.errors import WeComError
 
@@ -54,10 +56,17 @@ SYNC = DirectorySync.__table__
 UPDATE_BATCH = 500  # changed members written per transaction
 INSERT_BATCH = 2000  # new members inserted per statement
 NEWCOMER_HOLD = 5000  # new members held back for rename matching before they are inserted
+RESERVE_CHUNK = 50  # read budget reserved at a time (one budget transaction per 50 reads, not per read)
+ABANDONED_AFTER_SECONDS = 3 * 3600  # a sync "running" longer than this lost its process
+TAG_NOT_FOUND = 40068
 
 
 class SyncAborted(Exception):
     """The sync stopped before applying departures (the reason is on the sync record)."""
+
+
+class SyncBusy(Exception):
+    """Another sync is running (one at a time, across every process: a partial unique index)."""
 
 
 @dataclass
@@ -107,6 +116,7 @@ class _Reader:
         self.window = concurrency * 2
         self.guard = guard
         self.calls = 0
+        self._reserved: dict[str, int] = {}
 
     def client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -119,9 +129,28 @@ class _Reader:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._lock:
             self.calls += 1
-        return fn(self.client(), *args)
+        return fn(self.client(), *args, spend=())  # the budget was reserved by reserve()
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    def reserve(self, path: str) -> None:
+        """Take one read of ``path`` from the budget service, reserving RESERVE_CHUNK at a time.
+
+        Directory reads count against WeCom's per-API limits (10,000/min, 150,000/h per corp, §10.2)
+        shared with every other process; reserving in chunks keeps that to one budget transaction
+        per 50 reads. A denial raises BudgetExhausted (a rate limit: the job is retried later).
+        """
+        left = self._reserved.get(path, 0)
+        if left == 0:
+            budget = getattr(self.client(), "budget", None)
+            if budget is not None:
+                grant = budget.acquire_many(read_asks(path, RESERVE_CHUNK))
+                if not grant.ok:
+                    raise BudgetExhausted(grant, path)
+            left = RESERVE_CHUNK
+        self._reserved[path] = left - 1
+
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], path: str
+    ) -> Iterator[tuple[Any, Any, BaseException | None]]:
         """Yield ``(item, result, error)`` in submission order, at most ``window`` calls in flight.
 
         The guard (a job's lease check) runs on the calling thread before each submission, so a
@@ -139,6 +168,7 @@ class _Reader:
                     break
                 if self.guard is not None:
                     self.guard()
+                self.reserve(path)
                 pending.append((item, self._pool.submit(self.call, fn, item)))
             if not pending:
                 break
@@ -196,12 +226,7 @@ class FullSync:
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def run(self) -> SyncReport:
-        with self.engine.begin() as conn:
-            self.sync_id = conn.execute(
-                sa.insert(SYNC)
-                .values(trigger=self.trigger, dry_run=self.dry_run, state="running", started_at=utcnow(), stats={})
-                .returning(SYNC.c.id)
-            ).scalar_one()
+        self._start()
         self.origin = Origin("sync", sync_id=self.sync_id)
         try:
             planned = self._walk()
@@ -210,14 +235,39 @@ class FullSync:
         except RateLimitedError as exc:
             self._finish("failed", error=f"rate limited: {exc}")
             raise
-        except Exception as exc:
-            self._finish("failed", error=f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised (Ctrl-C included)
+            self._finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000])
             raise
+        if self.dry_run:
+            # A dry run never leaves a brake to confirm; what it would do is in its stats.
+            self.stats["planned_departures"] = len(planned or [])
+            return self._finish("dry_run")
         if planned is not None:
             return self._finish("braked", planned=planned)
-        if self.dry_run:
-            return self._finish("dry_run")
         return self._finish("completed" if self.complete else "incomplete", error="; ".join(self.problems) or None)
+
+    def _start(self) -> None:
+        """Record the run; one non-dry sync at a time (a partial unique index on ``state = 'running'``)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(SYNC)
+                .where(SYNC.c.state == "running", SYNC.c.started_at < sql_now(-ABANDONED_AFTER_SECONDS))
+                .values(state="failed", error="abandoned: its process stopped", finished_at=sql_now())
+            )
+        try:
+            with self.engine.begin() as conn:
+                self.sync_id = conn.execute(
+                    sa.insert(SYNC)
+                    .values(trigger=self.trigger, dry_run=self.dry_run, state="running", started_at=utcnow(), stats={})
+                    .returning(SYNC.c.id)
+                ).scalar_one()
+        except sa.exc.IntegrityError as exc:
+            with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+                other = conn.execute(
+                    sa.select(SYNC.c.id, SYNC.c.started_at).where(SYNC.c.state == "running", SYNC.c.dry_run.is_(False))
+                ).first()
+            which = f"#{other.id} (started {other.started_at:%Y-%m-%d %H:%M:%S}Z)" if other else "another"
+            raise SyncBusy(f"directory sync {which} is still running") from exc
 
     def _finish(self, state: str, *, error: str | None = None, planned: list[int] | None = None) -> SyncReport:
         self.stats["api_calls"] = self.reader.calls
@@ -239,7 +289,10 @@ class FullSync:
     def _abort(self, key: str, zh: str, en: str, detail: dict[str, Any]) -> SyncAborted:
         with self.engine.begin() as conn:
             raise_alert(key, title_zh=zh, title_en=en, detail={**detail, "sync_id": self.sync_id}, session=conn)
-        return SyncAborted(en)
+        message = detail.get("fix") or en
+        if detail.get("wecom_errmsg"):
+            message += f"\nWeCom: {detail['wecom_errmsg']}"
+        return SyncAborted(message)
 
     def _setup_problem(self, exc: WeComError) -> SyncAborted:
         diagnosis = diagnose(exc.errcode)
@@ -261,9 +314,12 @@ class FullSync:
     def _walk(self) -> list[int] | None:
         """Returns the planned departures when the brake stops the sync, else None."""
         try:
+            self.reader.reserve("department/list")
             raw_departments = self.reader.call(department_api.list_departments)
         except WeComError as exc:
-            raise self._setup_problem(exc) from exc
+            if diagnose(exc.errcode) is not None:
+                raise self._setup_problem(exc) from exc
+            raise SyncAborted(f"department/list failed: {exc}") from exc
         departments = []
         for row in raw_departments:
             try:
@@ -283,8 +339,8 @@ class FullSync:
             self._scope_alert()
         index = self._load_index()
         self._apply_departments(departments, index)
-        seen, newcomers = self._walk_members(departments, index)
-        planned = self._settle_absent(index, seen, newcomers)
+        seen, newcomers, leaving = self._walk_members(departments, index)
+        planned = self._settle_absent(index, seen, newcomers, leaving)
         if planned is not None:
             return planned
         self._delete_departments(index)
@@ -347,38 +403,47 @@ class FullSync:
                 mirror.mark_department_deleted(conn, dep_id, self.origin)
 
     # ---- members ---------------------------------------------------------------------------------------
-    def _walk_members(self, departments: list[DepartmentRecord], index: _Index) -> tuple[set[str], dict]:
+    def _walk_members(
+        self, departments: list[DepartmentRecord], index: _Index
+    ) -> tuple[set[str], dict[str, MemberRecord], list[tuple[MemberRecord, int, str]]]:
+        """List every department's members; write changes as they come, except status changes that
+        take someone out (disabled, left): those count towards the brake and wait for its verdict."""
         seen: set[str] = set()
-        changed: list[tuple[MemberRecord, int]] = []
+        changed: list[tuple[MemberRecord, int, str]] = []
+        leaving: list[tuple[MemberRecord, int, str]] = []
         newcomers: dict[str, MemberRecord] = {}
         first_sync = not index.members
-        for dep, rows, error in self.reader.map(user_api.list_users, [d.id for d in departments]):
+        for dep, rows, error in self.reader.map(user_api.list_users, [d.id for d in departments], "user/list"):
             if error is not None:
                 self._read_failed(error, f"user/list department {dep}")
                 continue
             for row in rows:
-                try:
-                    rec = MemberRecord.from_api(row)
-                except ValueError:
+                userid = row.get("userid")
+                if not isinstance(userid, str) or not userid.strip():
                     continue
-                folded = rec.folded
+                folded = rules.fold(userid)
                 if folded in seen:
                     continue  # listed again under another of their departments
                 seen.add(folded)
                 known = index.members.get(folded)
+                rec = MemberRecord.from_api(row, known[2] if known is not None else rules.ACTIVE)
                 if known is None:
                     newcomers[folded] = rec
                 elif known[1] != rec.fingerprint():
-                    changed.append((rec, known[0]))
+                    entry = (rec, known[0], known[1])
+                    if rec.status in rules.GONE and known[2] not in rules.GONE:
+                        leaving.append(entry)
+                    else:
+                        changed.append(entry)
             if len(changed) >= UPDATE_BATCH:
                 self._write_changed(changed)
                 changed = []
-            if len(newcomers) >= (INSERT_BATCH if first_sync else NEWCOMER_HOLD):
+            if first_sync and len(newcomers) >= INSERT_BATCH:
                 self._insert_newcomers(newcomers)
                 newcomers = {}
         self._write_changed(changed)
         self.stats["members"] = len(seen)
-        return seen, newcomers
+        return seen, newcomers, leaving
 
     def _read_failed(self, error: BaseException, what: str) -> None:
         if isinstance(error, WeComError) and diagnose(error.errcode) is not None:
@@ -388,21 +453,27 @@ class FullSync:
         self.stats["failed_reads"] += 1
         self._incomplete(f"{what}: {error}"[:300])
 
-    def _write_changed(self, changed: list[tuple[MemberRecord, int]]) -> None:
+    def _write_changed(self, changed: list[tuple[MemberRecord, int, str]]) -> None:
+        """Write listed members whose answer differs, unless the row changed since the index was
+        read (a callback wrote a fresher answer meanwhile: the next reconciliation compares again)."""
         if not changed:
             return
         if self.dry_run:
-            self.stats["updated"] += len(changed)
+            for rec, _pid, _fp in changed:
+                self._count("departed" if rec.status == rules.LEFT else "updated")
             return
         with self.engine.begin() as conn:
-            rows = {r.id: r for r in conn.execute(sa.select(PERSON).where(PERSON.c.id.in_([i for _r, i in changed])))}
-            for rec, pid in changed:
+            ids = [pid for _r, pid, _fp in changed]
+            rows = {r.id: r for r in conn.execute(sa.select(PERSON).where(PERSON.c.id.in_(ids)))}
+            for rec, pid, fp in changed:
                 if pid in rows:
-                    applied = mirror.upsert_member(conn, rec, self.origin, current=rows[pid])
+                    applied = mirror.upsert_member(conn, rec, self.origin, current=rows[pid], expected=fp)
                     self._count(applied.kind)
 
     def _count(self, kind: str) -> None:
-        if kind == "unchanged":
+        if kind in ("unchanged", "stale"):
+            if kind == "stale":
+                self.stats["stale_skipped"] = self.stats.get("stale_skipped", 0) + 1
             return
         key = kind if kind in ("hired", "renamed", "departed") else "updated"
         self.stats[key] += 1
@@ -421,49 +492,77 @@ class FullSync:
                 )
 
     # ---- absent members: departures, renames, the brake --------------------------------------------------
-    def _settle_absent(self, index: _Index, seen: set[str], newcomers: dict[str, MemberRecord]) -> list[int] | None:
-        absent = {f: v[0] for f, v in index.members.items() if v[2] != rules.LEFT and f not in seen}
-        if absent and not self.complete:
-            # A partial answer proves nothing about who is gone.
-            self._insert_newcomers(newcomers)
-            self.stats["absent_unconfirmed"] = len(absent)
+    def _settle_absent(
+        self,
+        index: _Index,
+        seen: set[str],
+        newcomers: dict[str, MemberRecord],
+        leaving: list[tuple[MemberRecord, int, str]],
+    ) -> list[int] | None:
+        """Decide about members the lists did not show and those whose status took them out.
+
+        Returns the planned departures when the brake stops the sync. Newcomers are held back when
+        the sync is braked or incomplete: inserted now, they could no longer be matched to members
+        whose ids were renamed, and those would depart once someone confirms.
+        """
+        fingerprints = {v[0]: v[1] for f, v in index.members.items() if f not in seen and v[2] != rules.LEFT}
+        if fingerprints and not self.complete:
+            self.stats["absent_unconfirmed"] = len(fingerprints)  # a partial answer proves nothing
+            self.stats["held_newcomers"] = len(newcomers)
             return None
         threshold = rules.brake_threshold(index.live_members)
-        allowed = set(self._confirmed_departures())
-        if len(set(absent.values()) - allowed) > threshold:
-            self._insert_newcomers(newcomers)
-            return self._brake(sorted(absent.values()), threshold, index.live_members)
+        confirmed_id, allowed = self._confirmed_departures()
+        outgoing = set(fingerprints) | {pid for _r, pid, _fp in leaving}
+        if len(outgoing - allowed) > threshold:
+            self.stats["held_newcomers"] = len(newcomers)
+            return self._brake(sorted(outgoing), threshold, index.live_members)
+        self._write_changed(leaving)
         gone: dict[int, MemberRecord] = {}
-        rows = self._person_rows(absent.values())
-        for pid, answer, error in self.reader.map(lambda client, p: user_api.get(client, rows[p].userid), list(rows)):
+        rows = self._person_rows(fingerprints)
+        ids = [pid for pid in rows if rows[pid].fingerprint == fingerprints[pid]]  # unchanged since listed
+        ask = lambda client, pid, spend: user_api.get(client, rows[pid].userid, spend=spend)  # noqa: E731
+        for pid, answer, error in self.reader.map(ask, ids, "user/get"):
             if error is None:
                 # Listed nowhere, yet WeCom knows them: the lists missed someone (scope, timing).
                 self.stats["missed_by_lists"] += 1
-                self._apply_member_answer(answer, rows[pid])
+                self._apply_member_answer(answer, rows[pid], fingerprints[pid])
             elif isinstance(error, WeComError) and error.errcode == wecom_errors.USERID_NOT_FOUND:
                 gone[pid] = mirror.record_of(rows[pid])
             elif isinstance(error, WeComError) and error.errcode == wecom_errors.NO_PRIVILEGE:
                 self._scope_alert()
             else:
-                self._read_failed(error, f"user/get {rows[pid].userid}")
+                self._read_failed(error, f"user/get for person #{pid}")
         if gone:
             self._cross_check(gone, rows)
         renames = rules.match_renames(gone, newcomers)
-        self._apply_renames(renames, newcomers, rows)
+        self._apply_renames(renames, newcomers, rows, fingerprints)
         for pid in renames:
             gone.pop(pid, None)
         self._insert_newcomers(newcomers)
-        self._depart(gone, rows)
+        if self.complete:
+            self._depart(gone, rows, fingerprints)
+            self._mark_confirmation_applied(confirmed_id)
+        else:
+            self.stats["absent_unconfirmed"] = len(gone)
         return None
 
-    def _confirmed_departures(self) -> list[int]:
-        if self.confirmed_sync is None:
-            return []
+    def _confirmed_departures(self) -> tuple[int | None, set[int]]:
+        """The newest confirmed brake not yet applied (any sync applies it, not only the one the
+        confirmation started) and its departures."""
+        query = sa.select(SYNC.c.id, SYNC.c.planned_departures).where(SYNC.c.state == "confirmed")
+        if self.confirmed_sync is not None:
+            query = query.where(SYNC.c.id == self.confirmed_sync)
         with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
-            row = conn.execute(
-                sa.select(SYNC.c.planned_departures, SYNC.c.state).where(SYNC.c.id == self.confirmed_sync)
-            ).one_or_none()
-        return list(row.planned_departures or []) if row is not None and row.state == "confirmed" else []
+            row = conn.execute(query.order_by(SYNC.c.id.desc()).limit(1)).one_or_none()
+        return (row.id, set(row.planned_departures or [])) if row is not None else (None, set())
+
+    def _mark_confirmation_applied(self, confirmed_id: int | None) -> None:
+        if confirmed_id is None or self.dry_run:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(SYNC).where(SYNC.c.id == confirmed_id, SYNC.c.state == "confirmed").values(state="applied")
+            )
 
     def _brake(self, planned: list[int], threshold: int, live: int) -> list[int]:
         self.stats["planned_departures"] = len(planned)
@@ -473,7 +572,7 @@ class FullSync:
                     "directory.brake",
                     title_zh=f"通讯录同步已暂停：将有 {len(planned)} 人被判定离职（上限 {threshold}），需人工确认",
                     title_en=f"Directory sync braked: {len(planned)} members would depart (limit {threshold}); "
-                    "run `wecom-plugin directory confirm` if this is real",
+                    "if that is real, run `wecom-plugin directory confirm --by NAME`",
                     severity="critical",
                     detail={"sync_id": self.sync_id, "planned": len(planned), "threshold": threshold, "members": live},
                     session=conn,
@@ -489,15 +588,15 @@ class FullSync:
                 out.update({r.id: r for r in conn.execute(sa.select(PERSON).where(PERSON.c.id.in_(chunk)))})
         return out
 
-    def _apply_member_answer(self, answer: dict[str, Any], row: Any) -> None:
+    def _apply_member_answer(self, answer: dict[str, Any], row: Any, expected: str) -> None:
         try:
-            rec = MemberRecord.from_api(answer)
+            rec = MemberRecord.from_api(answer, row.status)
         except ValueError:
             return
         if self.dry_run:
             return
         with self.engine.begin() as conn:
-            self._count(mirror.upsert_member(conn, rec, self.origin, current=row).kind)
+            self._count(mirror.upsert_member(conn, rec, self.origin, current=row, expected=expected).kind)
 
     def _cross_check(self, gone: dict[int, MemberRecord], rows: dict[int, Any]) -> None:
         """``user/list_id`` (contact-sync secret, ids only): anyone it still lists is not gone."""
@@ -507,7 +606,7 @@ class FullSync:
         try:
             listed = set()
             for page in user_api.list_id_pages(client):
-                self.reader.calls += 1
+                self.reader.calls += 1  # spent by the contact-sync client's own budget asks
                 listed.update(rules.fold(str(r.get("userid", ""))) for r in page.rows)
         except WeComError as exc:
             self.problems.append(f"user/list_id cross-check skipped: errcode {exc.errcode}")
@@ -529,35 +628,40 @@ class FullSync:
             gone.pop(pid)
             self.stats["kept_by_list_id"] = self.stats.get("kept_by_list_id", 0) + 1
 
-    def _apply_renames(self, renames: dict[int, str], newcomers: dict[str, MemberRecord], rows: dict) -> None:
+    def _apply_renames(
+        self, renames: dict[int, str], newcomers: dict[str, MemberRecord], rows: dict, fingerprints: dict[int, str]
+    ) -> None:
         for pid, folded in renames.items():
             rec = newcomers.pop(folded)
             self.stats["renamed"] += 1
             if self.dry_run:
                 continue
-            origin = Origin("sync", sync_id=self.sync_id, reason=f"inferred rename from {rows[pid].userid}")
+            origin = Origin("sync", sync_id=self.sync_id, reason="inferred rename: the old id answers 60111")
             with self.engine.begin() as conn:
-                mirror.upsert_member(conn, rec, origin, current=rows[pid])
+                mirror.upsert_member(conn, rec, origin, current=rows[pid], expected=fingerprints[pid])
 
-    def _depart(self, gone: dict[int, MemberRecord], rows: dict[int, Any]) -> None:
+    def _depart(self, gone: dict[int, MemberRecord], rows: dict[int, Any], fingerprints: dict[int, str]) -> None:
         if self.dry_run:
             self.stats["departed"] += len(gone)
             return
         origin = Origin("sync", sync_id=self.sync_id, reason="absent from a complete full sync; user/get 60111")
         for pid in gone:
+            if rows[pid].fingerprint != fingerprints[pid]:
+                continue  # changed since it was listed: not ours to decide now
             with self.engine.begin() as conn:
                 self._count(mirror.mark_departed(conn, rows[pid], origin).kind)
 
     # ---- tags --------------------------------------------------------------------------------------------
     def _walk_tags(self, index: _Index) -> None:
         try:
+            self.reader.reserve("tag/list")
             tags = self.reader.call(tag_api.list_tags)
         except WeComError as exc:
             self._read_failed(exc, "tag/list")
             return
         self.stats["tags"] = len(tags)
         names = {int(t["tagid"]): str(t.get("tagname") or "") for t in tags if "tagid" in t}
-        for tagid, detail, error in self.reader.map(tag_api.get, list(names)):
+        for tagid, detail, error in self.reader.map(tag_api.get, list(names), "tag/get"):
             if error is not None:
                 self._read_failed(error, f"tag/get {tagid}")
                 continue
@@ -571,12 +675,27 @@ class FullSync:
             with self.engine.begin() as conn:
                 ids = mirror.person_ids_by_folded(conn, rec.users)
                 mirror.upsert_tag(conn, rec, self.origin, current, ids)
-        live = [i for i, row in index.tags.items() if row.deleted_at is None and i not in names]
-        if live and names and self.complete and not self.dry_run:
-            with self.engine.begin() as conn:
-                for tagid in live:
-                    mirror.mark_tag_deleted(conn, tagid, self.origin)
-            self.stats["tags_changed"] += len(live)
+        self._delete_tags(index, names)
+
+    def _delete_tags(self, index: _Index, listed: dict[int, str]) -> None:
+        """Tags missing from tag/list are deleted only when few, and each confirmed by tag/get 40068:
+        a truncated tag list must not empty the tags (and their members) that rules refer to."""
+        missing = [i for i, row in index.tags.items() if row.deleted_at is None and i not in listed]
+        if not missing or not self.complete:
+            return
+        if len(missing) > rules.brake_threshold(len(index.tags)):
+            self._incomplete(f"{len(missing)} tags missing from tag/list: not deleted without a person")
+            return
+        gone = []
+        for tagid, _detail, error in self.reader.map(tag_api.get, missing, "tag/get"):
+            if isinstance(error, WeComError) and error.errcode == TAG_NOT_FOUND:
+                gone.append(tagid)
+        self.stats["tags_changed"] += len(gone)
+        if self.dry_run or not gone:
+            return
+        with self.engine.begin() as conn:
+            for tagid in gone:
+                mirror.mark_tag_deleted(conn, tagid, self.origin)
 
 
 def _dept_changed(rec: DepartmentRecord, row: Any | None) -> bool:

@@ -197,6 +197,11 @@ class Ask(NamedTuple):
     n: int = 1
 
 
+def read_asks(path: str, n: int = 1) -> list[Ask]:
+    """The basic per-API limits (§10.2: 10,000/min and 150,000/h per corp per API) for ``n`` calls of ``path``."""
+    return [Ask(API_MINUTE.name, path, n), Ask(API_HOUR.name, path, n)]
+
+
 @dataclass(frozen=True)
 class Grant:
     """The answer of a budget.

@@ -7,13 +7,18 @@ Basic limit for every read: 10,000/min and 150,000/h per corp per API (§10.2).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from wecom_plugin.wecom.budget import Ask, read_asks
 
 if TYPE_CHECKING:
     from wecom_plugin.wecom.client import WeComClient
 
 
-def list_departments(client: WeComClient, department_id: int | None = None) -> list[dict[str, Any]]:
+def list_departments(
+    client: WeComClient, department_id: int | None = None, *, spend: Iterable[Ask] | None = None
+) -> list[dict[str, Any]]:
     """``GET /cgi-bin/department/list?id=ID``: the department and all its descendants (the whole visible tree
     when ``department_id`` is None), each ``{id, name, name_en, department_leader, parentid, order}``.
 
@@ -22,7 +27,12 @@ def list_departments(client: WeComClient, department_id: int | None = None) -> l
     :func:`simplelist` + :func:`get`. Contact-sync secret from a new IP: 48009.
     """
     params = {} if department_id is None else {"id": int(department_id)}
-    return list(client.get("department/list", params).get("department") or [])
+    return list(
+        client.get("department/list", params, spend=read_asks("department/list") if spend is None else spend).get(
+            "department"
+        )
+        or []
+    )
 
 
 def simplelist(client: WeComClient, department_id: int | None = None) -> list[dict[str, Any]]:
@@ -32,13 +42,17 @@ def simplelist(client: WeComClient, department_id: int | None = None) -> list[di
     per-API limit. Allowed for the contact-sync secret from any IP.
     """
     params = {} if department_id is None else {"id": int(department_id)}
-    return list(client.get("department/simplelist", params).get("department_id") or [])
+    spend = read_asks("department/simplelist")
+    return list(client.get("department/simplelist", params, spend=spend).get("department_id") or [])
 
 
-def get(client: WeComClient, department_id: int) -> dict[str, Any]:
+def get(client: WeComClient, department_id: int, *, spend: Iterable[Ask] | None = None) -> dict[str, Any]:
     """``GET /cgi-bin/department/get?id=ID``: ``{id, name, name_en, department_leader, parentid, order}``.
 
     Doc: https://developer.work.weixin.qq.com/document/path/95351 (contract §2.3, shape unconfirmed).
     Limits: the basic per-API limit. Unknown id: 60003; outside the visibility: 60011.
     """
-    return dict(client.get("department/get", {"id": int(department_id)}).get("department") or {})
+    data = client.get(
+        "department/get", {"id": int(department_id)}, spend=read_asks("department/get") if spend is None else spend
+    )
+    return dict(data.get("department") or {})

@@ -11,11 +11,12 @@ Userids are case-insensitive: compare them with :func:`~wecom_plugin.wecom.clien
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wecom_plugin.errors import PermanentError
+from wecom_plugin.wecom.budget import Ask, read_asks
 
 if TYPE_CHECKING:
     from wecom_plugin.wecom.client import WeComClient
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 LIST_ID_MAX = 10_000
 
 
-def get(client: WeComClient, userid: str) -> dict[str, Any]:
+def get(client: WeComClient, userid: str, *, spend: Iterable[Ask] | None = None) -> dict[str, Any]:
     """``GET /cgi-bin/user/get?userid=ID``: one member (``userid, name, department, status`` ... see §2.4).
 
     Doc: https://developer.work.weixin.qq.com/document/path/90196 (代开发 twin 96255; contract §2.4).
@@ -31,7 +32,7 @@ def get(client: WeComClient, userid: str) -> dict[str, Any]:
     Errors: 60111 unknown userid, 40003 malformed, 60011 outside the visibility, 48009 contact-sync
     secret from a new IP.
     """
-    data = client.get("user/get", {"userid": userid})
+    data = client.get("user/get", {"userid": userid}, spend=read_asks("user/get") if spend is None else spend)
     return {k: v for k, v in data.items() if k not in ("errcode", "errmsg")}
 
 
@@ -44,13 +45,14 @@ def simplelist(client: WeComClient, department_id: int) -> list[dict[str, Any]]:
     return list(client.get("user/simplelist", {"department_id": int(department_id)}).get("userlist") or [])
 
 
-def list_users(client: WeComClient, department_id: int) -> list[dict[str, Any]]:
+def list_users(client: WeComClient, department_id: int, *, spend: Iterable[Ask] | None = None) -> list[dict[str, Any]]:
     """``GET /cgi-bin/user/list?department_id=ID``: the department's direct members with details (``user/get`` shape).
 
     Doc: https://developer.work.weixin.qq.com/document/path/90201 (contract §2.6). Limits: the basic
     per-API limit; the 2022 field rules apply.
     """
-    return list(client.get("user/list", {"department_id": int(department_id)}).get("userlist") or [])
+    spend = read_asks("user/list") if spend is None else spend
+    return list(client.get("user/list", {"department_id": int(department_id)}, spend=spend).get("userlist") or [])
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,26 @@ def _fingerprint(values: Mapping[str, Any]) -> str:
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
 
 
+MEMBER_FIELDS = (
+    "userid",
+    "name",
+    "departments",
+    "main_department",
+    "position",
+    "is_leader_in_dept",
+    "direct_leaders",
+    "status",
+)
+
+
 def fingerprint_values(values: Mapping[str, Any]) -> str:
-    """The fingerprint of a member's :meth:`MemberRecord.values` (to reuse a dict already built)."""
-    return _fingerprint(values)
+    """The fingerprint of a member's :meth:`MemberRecord.values`.
+
+    ``repr`` of the normalised values in a fixed order (strings, ints and lists of them, so the text
+    is canonical): it runs for every member of every sync, and is several times cheaper than JSON.
+    """
+    text = repr(tuple(values[k] for k in MEMBER_FIELDS))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _ints(value: Any) -> tuple[int, ...]:
@@ -137,7 +154,7 @@ class MemberRecord:
         }
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.values())
+        return fingerprint_values(self.values())
 
     def leader_of(self) -> tuple[int, ...]:
         """Departments this member leads (is_leader_in_dept = 1)."""

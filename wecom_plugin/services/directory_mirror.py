@@ -332,6 +332,38 @@ def upsert_department(conn: sa.Connection, rec: DepartmentRecord, origin: Origin
     return "updated"
 
 
+def bulk_insert_departments(conn: sa.Connection, records: Sequence[DepartmentRecord], origin: Origin) -> int:
+    """Insert departments not yet in the mirror in one statement per table (a first sync of 2,000)."""
+    if not records:
+        return 0
+    now = utcnow()
+    rows = [{**rec.values(), "fingerprint": rec.fingerprint(), "updated_at": now} for rec in records]
+    inserted = (
+        conn.execute(
+            insert_for(conn, DEPARTMENT).on_conflict_do_nothing(index_elements=["id"]).returning(DEPARTMENT.c.id),
+            rows,
+        )
+        .scalars()
+        .all()
+    )
+    names = {rec.id: rec for rec in records}
+    if inserted:
+        conn.execute(
+            sa.insert(CHANGE),
+            [
+                {
+                    "occurred_at": now,
+                    "kind": "department_created",
+                    "department_id": dep_id,
+                    "detail": {"name": names[dep_id].name, "parent_id": names[dep_id].parent_id},
+                    **origin.columns(),
+                }
+                for dep_id in inserted
+            ],
+        )
+    return len(inserted)
+
+
 def mark_department_deleted(conn: sa.Connection, dep_id: int, origin: Origin) -> bool:
     now = utcnow()
     done = conn.execute(

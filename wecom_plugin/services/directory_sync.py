@@ -387,8 +387,10 @@ class FullSync:
         if self.dry_run or not changed:
             return
         with self.engine.begin() as conn:
+            mirror.bulk_insert_departments(conn, [d for d in changed if d.id not in index.departments], self.origin)
             for dep in changed:
-                mirror.upsert_department(conn, dep, self.origin, index.departments.get(dep.id))
+                if dep.id in index.departments:
+                    mirror.upsert_department(conn, dep, self.origin, index.departments[dep.id])
 
     def _delete_departments(self, index: _Index) -> None:
         """Departments missing from a complete answer are gone; a partial answer proves nothing."""

@@ -62,6 +62,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import requests  # noqa: E402 - after the sys.path fix, so a plain checkout works
 import sqlalchemy as sa  # noqa: E402
+from common import migrate  # noqa: E402 - bench/ is on sys.path when a script runs
 
 from tests.support import callback_load as load  # noqa: E402
 
@@ -74,19 +75,6 @@ GENERATOR_SLACK = 0.95  # a run whose generator sent less than 95 % of the targe
 # ================================================================================================
 # Database
 # ================================================================================================
-def _migrate(database_url: str) -> None:
-    from flask_migrate import upgrade
-
-    from wecom_plugin import create_app
-    from wecom_plugin.extensions import db
-
-    app = create_app({"WECOM_SANDBOX": "true", "DATABASE_URL": database_url})
-    with app.app_context():
-        upgrade()
-        db.session.remove()
-        db.engine.dispose()
-
-
 class ScratchDatabase:
     """A fresh database migrated to head: PostgreSQL if it answers, else a SQLite file."""
 
@@ -120,7 +108,7 @@ class ScratchDatabase:
             self.folder = Path(tempfile.mkdtemp(prefix="bench_cb_"))
             self.url = f"sqlite:///{self.folder / 'bench.sqlite3'}"
             self.version = sqlite3.sqlite_version
-        _migrate(self.url)
+        migrate(self.url)
 
     def _connect(self) -> str | None:
         self._admin = sa.create_engine(

@@ -55,6 +55,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import sqlalchemy as sa  # noqa: E402 - after the sys.path fix, so a plain checkout works
+from common import migrate  # noqa: E402 - bench/ is on sys.path when a script runs
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -155,19 +156,6 @@ def _driver(database_url: str, batch_size: int | None) -> None:
 # ================================================================================================
 # Backends (parent process)
 # ================================================================================================
-def _migrate(database_url: str) -> None:
-    from flask_migrate import upgrade
-
-    from wecom_plugin import create_app
-    from wecom_plugin.extensions import db
-
-    app = create_app({"WECOM_SANDBOX": "true", "DATABASE_URL": database_url})
-    with app.app_context():
-        upgrade()
-        db.session.remove()
-        db.engine.dispose()
-
-
 class SQLiteBackend:
     name = "sqlite"
 
@@ -176,7 +164,7 @@ class SQLiteBackend:
         self.template = self.dir / "template.sqlite3"
 
     def prepare(self) -> None:
-        _migrate(f"sqlite:///{self.template}")
+        migrate(f"sqlite:///{self.template}")
 
     def version(self) -> str:
         return sqlite3.sqlite_version
@@ -228,7 +216,7 @@ class PostgresBackend:
     def prepare(self) -> None:
         self._exec(f'CREATE DATABASE "{self.template}"')
         self.created.add(self.template)
-        _migrate(self._url(self.template))
+        migrate(self._url(self.template))
 
     def version(self) -> str:
         with self.admin.connect() as conn:

@@ -67,6 +67,8 @@ from typing import Any
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
 
+from common import migrate  # noqa: E402 - bench/ is on sys.path when a script runs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -218,19 +220,6 @@ class Emulator:
 # ================================================================================================
 # Databases
 # ================================================================================================
-def _migrate(database_url: str) -> None:
-    from flask_migrate import upgrade
-
-    from wecom_plugin import create_app
-    from wecom_plugin.extensions import db
-
-    app = create_app({"WECOM_SANDBOX": "true", "DATABASE_URL": database_url})
-    with app.app_context():
-        upgrade()
-        db.session.remove()
-        db.engine.dispose()
-
-
 class SQLiteDatabase:
     name = "sqlite"
 
@@ -239,7 +228,7 @@ class SQLiteDatabase:
         self.url = f"sqlite:///{self.path}"
 
     def create(self) -> None:
-        _migrate(self.url)
+        migrate(self.url)
 
     def version(self) -> str:
         return sqlite3.sqlite_version
@@ -273,7 +262,7 @@ class PostgresDatabase:
     def create(self) -> None:
         self.created = True  # before the statement: a half-done CREATE is still dropped
         self._exec(f'CREATE DATABASE "{self.database}"')
-        _migrate(self.url)
+        migrate(self.url)
 
     def version(self) -> str:
         with self.engine.connect() as conn:

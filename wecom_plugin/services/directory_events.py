@@ -93,15 +93,7 @@ def _read(session: Session, call: Any, *args: Any) -> tuple[Any, WeComError | No
 
 
 def _scope_alert(session: Session, exc: WeComError) -> None:
-    fix = diagnose(wecom_errors.NO_PRIVILEGE)
-    raise_alert(
-        "directory.scope",
-        title_zh="应用可见范围不是整个企业：有成员或部门无法读取（60011），不会据此判断离职",
-        title_en="The app cannot see part of the directory (60011); nobody is treated as departed for it",
-        severity="warning",
-        detail={"fix": fix.text() if fix else "", "endpoint": exc.endpoint},
-        session=session,
-    )
+    mirror.raise_scope_alert(session, {"endpoint": exc.endpoint})
     session.commit()
 
 

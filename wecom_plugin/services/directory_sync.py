@@ -354,16 +354,8 @@ class FullSync:
             self.problems.append(why)
 
     def _scope_alert(self) -> None:
-        fix = diagnose(wecom_errors.NO_PRIVILEGE)
         with self.engine.begin() as conn:
-            raise_alert(
-                "directory.scope",
-                title_zh="应用可见范围不是整个企业：目录镜像不完整，不会据此判断离职",
-                title_en="The app cannot see the whole company: the directory mirror is incomplete",
-                severity="warning",
-                detail={"fix": fix.text() if fix else "", "sync_id": self.sync_id},
-                session=conn,
-            )
+            mirror.raise_scope_alert(conn, {"sync_id": self.sync_id})
 
     def _load_index(self) -> _Index:
         with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:

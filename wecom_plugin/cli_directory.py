@@ -13,8 +13,6 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
-from wecom_plugin.domain import directory as rules
-
 
 def register(cli: click.Group) -> None:
     cli.add_command(directory_group)
@@ -184,6 +182,3 @@ def directory_confirm(sync_id: int | None, actor: str, reason: str | None, no_sy
     click.echo(f"已确认 confirmed: sync #{view['id']} ({view['planned_departures']} departures) by {actor}")
     if not no_sync:
         _print_report(_run(trigger="confirm", confirmed_sync=view["id"]), as_json=False)
-
-
-__all__ = ["register", "rules"]

@@ -14,7 +14,6 @@ from wecom_plugin.models.directory import (
     Person,
     Tag,
     TagMember,
-    fold_userid,
 )
 from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.models.jobs import Job, JobStep, Occurrence, ProcessHeartbeat, Schedule
@@ -43,5 +42,4 @@ __all__ = [
     "Tag",
     "TagMember",
     "WeComToken",
-    "fold_userid",
 ]

@@ -18,11 +18,6 @@ from wecom_plugin.models.base import Base, JSONDoc, UTCDateTime, utcnow
 BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
 
-def fold_userid(userid: str) -> str:
-    """WeCom userids are case-insensitive: this is the form they are compared and looked up in."""
-    return userid.casefold()
-
-
 class Person(Base):
     """A member of the org directory as last read from WeCom (see domain.directory.MemberRecord).
 

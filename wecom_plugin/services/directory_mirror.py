@@ -126,11 +126,10 @@ def upsert_member(
     origin: Origin,
     *,
     current: Any | None = None,
-    rename_from: int | None = None,
     expected: str | None = None,
 ) -> Applied:
-    """Make the mirror hold ``rec``. Inserts a new person, or updates ``current`` (the row as read,
-    or the person ``rename_from`` for a rename) when the fingerprint differs.
+    """Make the mirror hold ``rec``. Inserts a new person, or updates ``current`` (the row as read:
+    for a rename, the person under the old id) when the fingerprint differs.
 
     ``expected``: the fingerprint the caller saw *before* it asked WeCom. If the row has changed
     since (another writer with a fresher answer got there first), nothing is written and the
@@ -138,9 +137,7 @@ def upsert_member(
     compare-and-set only guards against a change between reading ``current`` and writing.
     """
     fp = rec.fingerprint()
-    if rename_from is not None:
-        current = conn.execute(sa.select(PERSON).where(PERSON.c.id == rename_from)).one_or_none()
-    elif current is None:
+    if current is None:
         current = find_person(conn, rec.userid, lock=True)
     now = utcnow()
     values = rec.values()

@@ -13,7 +13,7 @@ WeCom's rules reflected here:
 * change_contact events carry only what changed (§8.2): absent fields are ``None``, not ``""``.
   Contact-sync URLs configured after 2022-08-15 send only ids (§8.1, §8.4).
 * Userids are case-insensitive (§0): :class:`UserId` keeps the id as sent and offers ``.folded``,
-  the casefolded form the directory compares (same rule as ``models.directory.fold_userid``).
+  the casefolded form the directory compares (same rule as ``wecom.client.fold_userid`` and ``domain.directory.fold``).
   External ids (``wm…``/``wo…`` in ``MemChangeList``) are opaque and stay plain ``str``.
 * Events are thin hints that can arrive late, twice or out of order (§7.4, reliability §1.2):
   consumers re-read state from the API before acting.

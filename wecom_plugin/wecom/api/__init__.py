@@ -24,7 +24,10 @@ each (:func:`joined`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from wecom_plugin.errors import PermanentError
 
 
 def joined(ids: Iterable[object] | str | None) -> str:
@@ -46,3 +49,26 @@ def split(value: object) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         return tuple(str(v) for v in value if str(v))
     return tuple(part for part in str(value).split("|") if part)
+
+
+def cursor_pages(
+    client: Any, path: str, body: Mapping[str, Any], rows_field: str, cursor: str | None = None
+) -> Iterator[tuple[tuple[dict[str, Any], ...], str]]:
+    """``POST path`` page by page (a read: ``idempotent``), yielding ``(rows, next_cursor)`` until
+    ``next_cursor`` is empty. ``body`` is sent with each page's ``cursor`` added; start from a saved
+    ``cursor`` to resume. A cursor WeCom already returned raises :class:`PermanentError` instead of looping.
+    """
+    seen: set[str] = set()
+    while True:
+        page = dict(body)
+        if cursor:
+            page["cursor"] = cursor
+        data = client.post(path, page, idempotent=True)
+        nxt = str(data.get("next_cursor") or "")
+        yield tuple(data.get(rows_field) or ()), nxt
+        if not nxt:
+            return
+        if nxt in seen:
+            raise PermanentError(f"{path}: WeCom returned a cursor it had returned before")
+        seen.add(nxt)
+        cursor = nxt

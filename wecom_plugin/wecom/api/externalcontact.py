@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wecom_plugin.errors import PermanentError
+from wecom_plugin.wecom.api import cursor_pages
 from wecom_plugin.wecom.errors import WeComError, classify
 
 if TYPE_CHECKING:
@@ -48,23 +48,11 @@ def groupchat_list_pages(
         raise ValueError(f"limit must be 1-{LIST_LIMIT_MAX}")
     if owner_userids is not None and len(owner_userids) > OWNER_FILTER_MAX:
         raise ValueError(f"owner_userids holds at most {OWNER_FILTER_MAX} userids")
-    seen: set[str] = set()
-    while True:
-        body: dict[str, Any] = {"status_filter": int(status_filter)}
-        if owner_userids:
-            body["owner_filter"] = {"userid_list": list(owner_userids)}
-        if cursor:
-            body["cursor"] = cursor
-        body["limit"] = limit
-        data = client.post("externalcontact/groupchat/list", body, idempotent=True)
-        nxt = str(data.get("next_cursor") or "")
-        yield GroupChatPage(tuple(data.get("group_chat_list") or ()), nxt)
-        if not nxt:
-            return
-        if nxt in seen:
-            raise PermanentError("externalcontact/groupchat/list: WeCom returned a cursor it had returned before")
-        seen.add(nxt)
-        cursor = nxt
+    body: dict[str, Any] = {"status_filter": int(status_filter), "limit": limit}
+    if owner_userids:
+        body["owner_filter"] = {"userid_list": list(owner_userids)}
+    for rows, nxt in cursor_pages(client, "externalcontact/groupchat/list", body, "group_chat_list", cursor):
+        yield GroupChatPage(rows, nxt)
 
 
 def groupchat_list(client: WeComClient, **options: Any) -> Iterator[dict[str, Any]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wecom_plugin.errors import PermanentError
+from wecom_plugin.wecom.api import cursor_pages
 from wecom_plugin.wecom.budget import Ask, read_asks
 
 if TYPE_CHECKING:
@@ -73,20 +73,8 @@ def list_id_pages(client: WeComClient, *, limit: int = LIST_ID_MAX, cursor: str 
     """
     if not 1 <= limit <= LIST_ID_MAX:
         raise ValueError(f"limit must be 1-{LIST_ID_MAX}")
-    seen: set[str] = set()
-    while True:
-        body: dict[str, Any] = {"limit": limit}
-        if cursor:
-            body["cursor"] = cursor
-        data = client.post("user/list_id", body, idempotent=True)
-        nxt = str(data.get("next_cursor") or "")
-        yield ListIdPage(tuple(data.get("dept_user") or ()), nxt)
-        if not nxt:
-            return
-        if nxt in seen:
-            raise PermanentError("user/list_id: WeCom returned a cursor it had returned before")
-        seen.add(nxt)
-        cursor = nxt
+    for rows, nxt in cursor_pages(client, "user/list_id", {"limit": limit}, "dept_user", cursor):
+        yield ListIdPage(rows, nxt)
 
 
 def list_id(client: WeComClient, *, limit: int = LIST_ID_MAX) -> Iterator[dict[str, Any]]:

@@ -34,8 +34,8 @@ from wecom_plugin.domain.directory import DepartmentRecord, MemberRecord, TagRec
 from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.runtime.queue import enqueue
 from wecom_plugin.services import directory_mirror as mirror
-from wecom_plugin.services.alerts import raise_alert
 from wecom_plugin.services.callbacks import register_handler
+from wecom_plugin.services.directory_alerts import raise_scope_alert, raise_setup_alert
 from wecom_plugin.services.directory_mirror import DEPARTMENT, TAG, Origin
 from wecom_plugin.wecom import errors as wecom_errors
 from wecom_plugin.wecom.api import department as department_api
@@ -56,8 +56,6 @@ from wecom_plugin.wecom.events import (
 log = logging.getLogger("wecom_plugin.directory")
 
 RECONCILE_SOON_SECONDS = 120
-DEPARTMENT_NOT_FOUND = 60003
-TAG_NOT_FOUND = 40068
 
 
 def _client() -> Any:
@@ -77,14 +75,7 @@ def _read(session: Session, call: Any, *args: Any) -> tuple[Any, WeComError | No
             _scope_alert(session, exc)
             return None, exc
         if diagnose(exc.errcode) is not None:
-            fix = diagnose(exc.errcode)
-            raise_alert(
-                f"directory.setup.{exc.errcode}",
-                title_zh=f"通讯录回调处理失败：{wecom_errors.describe(exc.errcode)}",
-                title_en=f"Directory callback failed: WeCom errcode {exc.errcode}",
-                detail={"fix": fix.text() if fix else "", "wecom_errmsg": wecom_errors.redact(exc.errmsg_raw)[:500]},
-                session=session,
-            )
+            raise_setup_alert(session, exc, title_zh="通讯录回调处理失败", title_en="Directory callback failed")
             session.commit()
             raise
         return None, exc
@@ -93,7 +84,7 @@ def _read(session: Session, call: Any, *args: Any) -> tuple[Any, WeComError | No
 
 
 def _scope_alert(session: Session, exc: WeComError) -> None:
-    mirror.raise_scope_alert(session, {"endpoint": exc.endpoint})
+    raise_scope_alert(session, {"endpoint": exc.endpoint})
     session.commit()
 
 
@@ -234,7 +225,7 @@ def on_party_changed(session: Session, event: PartyCreated | PartyUpdated | Part
     answer, error = _read(session, department_api.get, event.party_id)
     conn = session.connection()
     if error is not None:
-        if error.errcode == DEPARTMENT_NOT_FOUND:
+        if error.errcode == wecom_errors.DEPARTMENT_NOT_FOUND:
             mirror.mark_department_deleted(conn, event.party_id, _origin(inbox_id))
         elif error.errcode != wecom_errors.NO_PRIVILEGE:
             raise error
@@ -256,7 +247,7 @@ def on_tag_updated(session: Session, event: TagUpdated, row: CallbackInbox) -> N
     answer, error = _read(session, tag_api.get, event.tag_id)
     conn = session.connection()
     if error is not None:
-        if error.errcode == TAG_NOT_FOUND:
+        if error.errcode == wecom_errors.INVALID_TAGID:
             mirror.mark_tag_deleted(conn, event.tag_id, _origin(inbox_id))
         elif error.errcode != wecom_errors.NO_PRIVILEGE:
             raise error

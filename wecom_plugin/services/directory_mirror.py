@@ -478,20 +478,3 @@ def move_aside(conn: sa.Connection, person: Any, origin: Origin) -> None:
     aside = f"~{person.id}~{person.userid_folded}"[:64]
     conn.execute(sa.update(PERSON).where(PERSON.c.id == person.id).values(userid_folded=aside))
     _history(conn, origin, "id_released", {"userid": person.userid}, person_id=person.id)
-
-
-def raise_scope_alert(session: Any, detail: dict[str, Any]) -> None:
-    """One open alert for a visibility (60011) problem, with the console fix; never a departure."""
-    from wecom_plugin.services.alerts import raise_alert
-    from wecom_plugin.wecom import errors as wecom_errors
-    from wecom_plugin.wecom.diagnosis import diagnose
-
-    fix = diagnose(wecom_errors.NO_PRIVILEGE)
-    raise_alert(
-        "directory.scope",
-        title_zh="应用可见范围不是整个企业：目录镜像不完整，不会据此判断离职",
-        title_en="The app cannot see the whole directory (60011): nobody is treated as departed for it",
-        severity="warning",
-        detail={"fix": fix.text() if fix else "", **detail},
-        session=session,
-    )

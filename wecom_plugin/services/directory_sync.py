@@ -41,6 +41,7 @@ from wecom_plugin.models.dbtime import sql_now
 from wecom_plugin.models.directory import DirectorySync
 from wecom_plugin.services import directory_mirror as mirror
 from wecom_plugin.services.alerts import raise_alert
+from wecom_plugin.services.directory_alerts import raise_scope_alert, raise_setup_alert
 from wecom_plugin.services.directory_mirror import DEPARTMENT, PERSON, TAG, Origin
 from wecom_plugin.wecom import errors as wecom_errors
 from wecom_plugin.wecom.api import department as department_api
@@ -58,7 +59,6 @@ INSERT_BATCH = 2000  # new members inserted per statement
 NEWCOMER_HOLD = 5000  # new members held back for rename matching before they are inserted
 RESERVE_CHUNK = 50  # read budget reserved at a time (one budget transaction per 50 reads, not per read)
 ABANDONED_AFTER_SECONDS = 3 * 3600  # a sync "running" longer than this lost its process
-TAG_NOT_FOUND = 40068
 
 
 class SyncAborted(Exception):
@@ -289,26 +289,15 @@ class FullSync:
     def _abort(self, key: str, zh: str, en: str, detail: dict[str, Any]) -> SyncAborted:
         with self.engine.begin() as conn:
             raise_alert(key, title_zh=zh, title_en=en, detail={**detail, "sync_id": self.sync_id}, session=conn)
-        message = detail.get("fix") or en
-        if detail.get("wecom_errmsg"):
-            message += f"\nWeCom: {detail['wecom_errmsg']}"
-        return SyncAborted(message)
+        return SyncAborted(en)
 
     def _setup_problem(self, exc: WeComError) -> SyncAborted:
-        diagnosis = diagnose(exc.errcode)
-        text = diagnosis.text() if diagnosis else str(exc)
-        return self._abort(
-            f"directory.setup.{exc.errcode}",
-            f"通讯录同步失败：{wecom_errors.describe(exc.errcode)}",
-            f"Directory sync failed: WeCom errcode {exc.errcode}",
-            {
-                "errcode": exc.errcode,
-                "fix": text,
-                "endpoint": getattr(exc, "endpoint", ""),
-                # WeCom's own words keep "from ip: ..." (the IP to trust for 60020) and the hint id.
-                "wecom_errmsg": wecom_errors.redact(exc.errmsg_raw)[:500],
-            },
-        )
+        with self.engine.begin() as conn:
+            detail = raise_setup_alert(
+                conn, exc, title_zh="通讯录同步失败", title_en="Directory sync failed", sync_id=self.sync_id
+            )
+        said = f"\nWeCom: {detail['wecom_errmsg']}" if detail["wecom_errmsg"] else ""
+        return SyncAborted(detail["fix"] + said)
 
     # ---- the walk ------------------------------------------------------------------------------------
     def _walk(self) -> list[int] | None:
@@ -355,7 +344,7 @@ class FullSync:
 
     def _scope_alert(self) -> None:
         with self.engine.begin() as conn:
-            mirror.raise_scope_alert(conn, {"sync_id": self.sync_id})
+            raise_scope_alert(conn, {"sync_id": self.sync_id})
 
     def _load_index(self) -> _Index:
         with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
@@ -604,16 +593,15 @@ class FullSync:
                 listed.update(rules.fold(str(r.get("userid", ""))) for r in page.rows)
         except WeComError as exc:
             self.problems.append(f"user/list_id cross-check skipped: errcode {exc.errcode}")
-            fix = diagnose(exc.errcode)
-            if fix is not None:  # e.g. 48002: WECOM_CONTACT_SECRET holds the app's secret
+            if diagnose(exc.errcode) is not None:  # e.g. 48002: WECOM_CONTACT_SECRET holds the app's secret
                 with self.engine.begin() as conn:
-                    raise_alert(
-                        f"directory.setup.{exc.errcode}",
-                        title_zh=f"通讯录同步助手 Secret 配置有误：{wecom_errors.describe(exc.errcode)}",
-                        title_en=f"The contact-sync secret is misconfigured: WeCom errcode {exc.errcode}",
+                    raise_setup_alert(
+                        conn,
+                        exc,
+                        title_zh="通讯录同步助手 Secret 配置有误",
+                        title_en="The contact-sync secret is misconfigured",
                         severity="warning",
-                        detail={"fix": fix.text(), "sync_id": self.sync_id},
-                        session=conn,
+                        sync_id=self.sync_id,
                     )
             return
         finally:
@@ -682,7 +670,7 @@ class FullSync:
             return
         gone = []
         for tagid, _detail, error in self.reader.map(tag_api.get, missing, "tag/get"):
-            if isinstance(error, WeComError) and error.errcode == TAG_NOT_FOUND:
+            if isinstance(error, WeComError) and error.errcode == wecom_errors.INVALID_TAGID:
                 gone.append(tagid)
         self.stats["tags_changed"] += len(gone)
         if self.dry_run or not gone:

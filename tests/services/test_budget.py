@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.client_procs import client_env, release_and_collect, start_many
+from tests.support.threads import run_threads
 from wecom_plugin.extensions import db
 from wecom_plugin.models import RateCounter
 from wecom_plugin.services.budget import DbBudget
@@ -257,24 +258,17 @@ def test_db_budget_headroom_is_configurable(app):
 
 def test_concurrent_spenders_never_exceed_the_budget(app, budget):
     """Eight threads on their own connections ask for 150 chat changes each: exactly 900 are granted."""
-    granted, errors = [], []
+    granted = []
     lock = threading.Lock()
     start = threading.Barrier(8)
 
     def worker():
-        try:
-            start.wait()
-            ok = sum(budget.acquire("appchat.update", now=T0).ok for _ in range(150))
-            with lock:
-                granted.append(ok)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        start.wait()
+        ok = sum(budget.acquire("appchat.update", now=T0).ok for _ in range(150))
+        with lock:
+            granted.append(ok)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = run_threads(worker, 8, timeout=120)
     assert not errors, errors
     assert sum(granted) == 900
     assert budget.usage("appchat.update", now=T0) == (900, 900)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.support.threads import run_threads
 from wecom_plugin.extensions import db
 from wecom_plugin.models import RateCounter
 from wecom_plugin.services import rate_limit
@@ -63,24 +64,16 @@ def test_it_uses_the_database_clock_by_default(app):
 def test_concurrent_hits_are_counted_atomically(app):
     """Eight threads on their own connections: every hit gets a distinct count, none is lost."""
     counts: list[int] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def worker():
-        try:
-            with app.app_context():
-                for _ in range(10):
-                    decision = rate_limit.hit(db.engine, "client:1", limit=1000, now=NOW)
-                    with lock:
-                        counts.append(decision.count)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        with app.app_context():
+            for _ in range(10):
+                decision = rate_limit.hit(db.engine, "client:1", limit=1000, now=NOW)
+                with lock:
+                    counts.append(decision.count)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    errors = run_threads(worker, 8, timeout=60)
     assert errors == []
     assert sorted(counts) == list(range(1, 81))
 

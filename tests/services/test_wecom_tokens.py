@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.client_procs import client_env, release_and_collect, start_many
+from tests.support.threads import run_threads
 from wecom_plugin.errors import ConfigurationError
 from wecom_plugin.extensions import db
 from wecom_plugin.models.dbtime import db_now, sql_now
@@ -160,22 +161,15 @@ def test_concurrent_refreshes_fetch_once(app):
         engine = db.engine
     key = app.extensions["wecom_settings"].encryption_key
     fetch = Fetcher(delay=0.2)
-    results, errors = [], []
+    results = []
     barrier = threading.Barrier(8)
 
     def worker():
-        try:
-            own = DbTokenStore(engine, key, memo=False)
-            barrier.wait()
-            results.append(own.get(KEY) or own.refresh(KEY, fetch))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        own = DbTokenStore(engine, key, memo=False)
+        barrier.wait()
+        results.append(own.get(KEY) or own.refresh(KEY, fetch))
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = run_threads(worker, 8, timeout=60)
     assert not errors, errors
     assert results == ["token-1"] * 8
     assert fetch.calls == 1

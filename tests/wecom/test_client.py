@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.support.threads import run_threads
 from wecom_plugin.errors import ConfigurationError, LeaseLostError, PermanentError, RetryableError
 from wecom_plugin.wecom.api import appchat, department, message, robot, user
 from wecom_plugin.wecom.budget import Ask, BudgetExhausted, MemoryBudget, robot_key
@@ -102,22 +103,15 @@ def test_the_token_is_fetched_once_and_reused(emulator):
 def test_eight_threads_with_a_cold_shared_store_make_one_gettoken(emulator):
     store = MemoryTokenStore()
     fault(emulator, action="latency", endpoint="gettoken", seconds=0.2, times=1)  # widen the race
-    errors, results = [], []
+    results = []
     start = threading.Barrier(8)
 
     def worker():
-        try:
-            client = make_client(emulator, token_store=store)
-            start.wait()
-            results.append(len(department.simplelist(client)))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        client = make_client(emulator, token_store=store)
+        start.wait()
+        results.append(len(department.simplelist(client)))
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    errors = run_threads(worker, 8, timeout=30)
     assert not errors and len(results) == 8
     assert count(emulator, "gettoken") == 1
 

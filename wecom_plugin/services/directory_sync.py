@@ -222,7 +222,6 @@ class FullSync:
         self.origin = Origin("sync")
         self.complete = True
         self.problems: list[str] = []
-        self.gone_departments: list[int] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def run(self) -> SyncReport:
@@ -332,7 +331,7 @@ class FullSync:
         planned = self._settle_absent(index, seen, newcomers, leaving)
         if planned is not None:
             return planned
-        self._delete_departments(index)
+        self._delete_departments(index, {d.id for d in departments})
         if self.include_tags:
             self._walk_tags(index)
         return None
@@ -360,11 +359,8 @@ class FullSync:
 
     # ---- departments ---------------------------------------------------------------------------------
     def _apply_departments(self, departments: list[DepartmentRecord], index: _Index) -> None:
-        changed = [d for d in departments if _dept_changed(d, index.departments.get(d.id))]
-        listed = {d.id for d in departments}
-        gone = [i for i, row in index.departments.items() if row.deleted_at is None and i not in listed]
+        changed = [d for d in departments if not _unchanged(d, index.departments.get(d.id))]
         self.stats["departments_changed"] = len(changed)
-        self.gone_departments = gone  # deleted only after a complete, unbraked member walk
         if self.dry_run or not changed:
             return
         with self.engine.begin() as conn:
@@ -373,9 +369,10 @@ class FullSync:
                 if dep.id in index.departments:
                     mirror.upsert_department(conn, dep, self.origin, index.departments[dep.id])
 
-    def _delete_departments(self, index: _Index) -> None:
-        """Departments missing from a complete answer are gone; a partial answer proves nothing."""
-        gone = self.gone_departments
+    def _delete_departments(self, index: _Index, listed: set[int]) -> None:
+        """Departments missing from a complete answer are gone (decided only after a complete, unbraked
+        member walk); a partial answer proves nothing."""
+        gone = [i for i, row in index.departments.items() if row.deleted_at is None and i not in listed]
         if not gone or not self.complete or len(gone) > rules.brake_threshold(len(index.departments)):
             return
         self.stats["departments_changed"] += len(gone)
@@ -649,7 +646,7 @@ class FullSync:
                 continue
             rec = TagRecord.from_api(tagid, names[tagid], detail)
             current = index.tags.get(tagid)
-            if current is not None and current.fingerprint == rec.fingerprint() and current.deleted_at is None:
+            if _unchanged(rec, current):
                 continue
             self.stats["tags_changed"] += 1
             if self.dry_run:
@@ -680,8 +677,9 @@ class FullSync:
                 mirror.mark_tag_deleted(conn, tagid, self.origin)
 
 
-def _dept_changed(rec: DepartmentRecord, row: Any | None) -> bool:
-    return row is None or row.fingerprint != rec.fingerprint() or row.deleted_at is not None
+def _unchanged(rec: DepartmentRecord | TagRecord, row: Any | None) -> bool:
+    """The mirror's live row already holds what WeCom answered (no write needed)."""
+    return row is not None and row.fingerprint == rec.fingerprint() and row.deleted_at is None
 
 
 def run_sync(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from wecom_plugin.domain import directory as rules
 from wecom_plugin.domain.directory import MemberRecord
 
@@ -50,3 +54,42 @@ def test_only_unambiguous_renames_are_matched():
                  "new3": _rec("new3", "张伟", (7,))}  # fmt: skip
     # 王芳: one on each side -> a rename; 李强 moved as well -> not matched; two 张伟 -> ambiguous.
     assert rules.match_renames(missing, newcomers) == {1: "new1"}
+
+
+# --- the re-sync's fast fingerprint ---------------------------------------------------------------
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.text(max_size=6), st.floats(allow_nan=False))
+_field_values = {
+    "userid": st.one_of(st.text(min_size=0, max_size=8), _scalar),
+    "name": st.one_of(st.text(max_size=6), _scalar),
+    "department": st.one_of(st.lists(st.integers(0, 2**33), max_size=4), st.lists(_scalar, max_size=3), _scalar),
+    "main_department": st.one_of(st.integers(0, 2**33), _scalar, st.text(alphabet="0123456789", max_size=3)),
+    "position": st.one_of(st.text(max_size=6), _scalar),
+    "is_leader_in_dept": st.one_of(st.lists(st.integers(0, 1), max_size=5), st.lists(_scalar, max_size=3), _scalar),
+    "direct_leader": st.one_of(st.lists(st.text(max_size=4), max_size=3), st.lists(_scalar, max_size=3), _scalar),
+    "status": st.one_of(st.sampled_from([1, 2, 4, 5, 3, 0]), _scalar, st.just("1")),
+}
+_rows = st.fixed_dictionaries({}, optional=_field_values)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(row=_rows, fallback=st.sampled_from([1, 2, 4, 5]))
+def test_the_fast_fingerprint_always_agrees_with_the_record(row, fallback):
+    try:
+        expected = MemberRecord.from_api(row, fallback).fingerprint()
+    except ValueError:
+        with pytest.raises(ValueError):
+            rules.row_fingerprint(row, fallback)
+        return
+    assert rules.row_fingerprint(row, fallback) == expected
+
+
+def test_the_fast_fingerprint_of_a_usual_row():
+    row = {
+        "userid": "ZhangSan", "name": "张三", "department": [2, 7], "main_department": 7, "position": "经理",
+        "is_leader_in_dept": [0, 1, 1], "direct_leader": ["lisi"], "status": 1, "mobile": "13800000000",
+    }  # fmt: skip
+    assert rules.row_fingerprint(row) == MemberRecord.from_api(row).fingerprint()
+    assert rules.row_fingerprint({**row, "status": 5}) != rules.row_fingerprint(row)
+    assert rules.row_fingerprint({**row, "main_department": None}) == rules.row_fingerprint(
+        {**row, "main_department": 2}
+    )

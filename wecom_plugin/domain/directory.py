@@ -64,6 +64,51 @@ def fingerprint_values(values: Mapping[str, Any]) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+_INT_ONLY = frozenset({int})
+_STR_ONLY = frozenset({str})
+
+
+def row_fingerprint(row: Mapping[str, Any], fallback_status: int = ACTIVE) -> str:
+    """``MemberRecord.from_api(row, fallback_status).fingerprint()``, without building the record.
+
+    A re-sync reads every member of the company and almost all of them are unchanged, so this runs
+    100,000 times an hour on a large tenant: it normalises a well-formed row (the shape WeCom sends:
+    ints in the id lists, strings in the text fields) straight into the fingerprint text, and takes
+    the full path for anything else. The two always agree (a property test holds them to it).
+    """
+    userid = row.get("userid")
+    departments = row.get("department")
+    flags = row.get("is_leader_in_dept")
+    leaders = row.get("direct_leader")
+    name = row.get("name")
+    position = row.get("position")
+    main = row.get("main_department")
+    status = row.get("status")
+    if (
+        type(userid) is not str  # noqa: E721 - exact types: bool is an int, a str subclass is not a str
+        or not userid.strip()
+        or type(departments) is not list  # noqa: E721
+        or type(flags) is not list  # noqa: E721
+        or not (leaders is None or type(leaders) is list)  # noqa: E721
+        or not (name is None or type(name) is str)  # noqa: E721
+        or not (position is None or type(position) is str)  # noqa: E721
+        or not (main is None or type(main) is int)  # noqa: E721
+        or not (status is None or type(status) is int)  # noqa: E721
+        or not _INT_ONLY.issuperset(map(type, departments))  # map(type): several times cheaper than any(...)
+        or not _INT_ONLY.issuperset(map(type, flags))
+        or (leaders and not (_STR_ONLY.issuperset(map(type, leaders)) and all(leaders)))
+    ):
+        return MemberRecord.from_api(row, fallback_status).fingerprint()
+    if main is None:
+        main = departments[0] if departments else None
+    if status not in STATUS_NAMES:
+        status = fallback_status
+    text = repr(
+        (userid, name or "", departments, main, position or "", flags[: len(departments)], leaders or [], status)
+    )
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
 def _ints(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         return ()
@@ -71,7 +116,7 @@ def _ints(value: Any) -> tuple[int, ...]:
     for v in value:
         try:
             out.append(int(v))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # inf: Python's json reads Infinity
             continue
     return tuple(out)
 
@@ -85,7 +130,7 @@ def _strs(value: Any) -> tuple[str, ...]:
 def _status(value: Any, fallback: int) -> int:
     try:
         status = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # inf: Python's json reads Infinity
         return fallback  # some tenants' user/list rows omit it: keep what the mirror knew
     return status if status in STATUS_NAMES else fallback
 
@@ -125,7 +170,7 @@ class MemberRecord:
         main = row.get("main_department")
         try:
             main_department = int(main) if main is not None else (departments[0] if departments else None)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # inf: Python's json reads Infinity
             main_department = departments[0] if departments else None
         leader_flags = _ints(row.get("is_leader_in_dept"))
         return cls(
@@ -154,7 +199,21 @@ class MemberRecord:
         }
 
     def fingerprint(self) -> str:
-        return fingerprint_values(self.values())
+        """``fingerprint_values(self.values())``, without building the dict (a first sync does this
+        100,000 times)."""
+        text = repr(
+            (
+                self.userid,
+                self.name,
+                list(self.departments),
+                self.main_department,
+                self.position,
+                list(self.is_leader_in_dept),
+                list(self.direct_leaders),
+                self.status,
+            )
+        )
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
     def leader_of(self) -> tuple[int, ...]:
         """Departments this member leads (is_leader_in_dept = 1)."""
@@ -181,11 +240,11 @@ class DepartmentRecord:
             raise ValueError("department record without an id") from exc
         try:
             parent = int(row.get("parentid") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # inf: Python's json reads Infinity
             parent = 0
         try:
             order = int(row.get("order") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # inf: Python's json reads Infinity
             order = 0
         return cls(
             id=dep_id,

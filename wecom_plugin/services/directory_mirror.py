@@ -29,6 +29,7 @@ from wecom_plugin.models.directory import (
     Tag,
     TagMember,
 )
+from wecom_plugin.services import directory_bulk
 
 PERSON = Person.__table__
 DEPARTMENT = Department.__table__
@@ -221,48 +222,12 @@ def mark_departed(conn: sa.Connection, person: Any, origin: Origin) -> Applied:
 
 
 def bulk_insert_members(conn: sa.Connection, records: Sequence[MemberRecord], origin: Origin) -> int:
-    """Insert people not yet in the mirror in one statement per table (a first sync of 100,000 members).
+    """Insert people not yet in the mirror, each with a ``hired`` history row (a first sync of 100,000
+    members; see :mod:`~wecom_plugin.services.directory_bulk` for how).
 
     Ids that exist by now (a concurrent callback) are skipped. Returns the number inserted.
     """
-    if not records:
-        return 0
-    now = utcnow()
-    rows = []
-    for rec in records:
-        values = rec.values()
-        fingerprint = rules.fingerprint_values(values)
-        values.update(
-            userid_folded=rec.folded,
-            fingerprint=fingerprint,
-            departed_at=now if rec.status == rules.LEFT else None,
-            created_at=now,
-            updated_at=now,
-        )
-        rows.append(values)
-    # RETURNING without sort_by_parameter_order, so SQLite batches the rows too (with it, SQLAlchemy
-    # sends one INSERT per row there); each returned row names its member.
-    inserted = conn.execute(
-        insert_for(conn, PERSON)
-        .on_conflict_do_nothing(index_elements=["userid_folded"])
-        .returning(PERSON.c.id, PERSON.c.userid, PERSON.c.status),
-        rows,
-    ).all()
-    if inserted:
-        conn.execute(
-            sa.insert(CHANGE),
-            [
-                {
-                    "occurred_at": now,
-                    "kind": "hired",
-                    "person_id": pid,
-                    "detail": {"userid": userid, "status": status},
-                    **origin.columns(),
-                }
-                for pid, userid, status in inserted
-            ],
-        )
-    return len(inserted)
+    return directory_bulk.insert_new_members(conn, records, origin, utcnow())
 
 
 def person_ids_by_folded(conn: sa.Connection, folded: Iterable[str]) -> dict[str, int]:
@@ -395,7 +360,9 @@ def upsert_tag(
     if removed:
         conn.execute(sa.delete(TAG_MEMBER).where(TAG_MEMBER.c.tag_id == rec.id, TAG_MEMBER.c.person_id.in_(removed)))
     if added:
-        conn.execute(sa.insert(TAG_MEMBER), [{"tag_id": rec.id, "person_id": p} for p in added])
+        pairs = [{"tag_id": rec.id, "person_id": p} for p in sorted(added)]
+        for start in range(0, len(pairs), 1000):  # multi-row statements: a tag can hold 10,000 people
+            conn.execute(sa.insert(TAG_MEMBER).values(pairs[start : start + 1000]))
     _history(
         conn,
         origin,

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +60,8 @@ SYNC = DirectorySync.__table__
 UPDATE_BATCH = 500  # changed members written per transaction
 INSERT_BATCH = 2000  # new members inserted per statement
 NEWCOMER_HOLD = 5000  # new members held back for rename matching before they are inserted
-RESERVE_CHUNK = 50  # read budget reserved at a time (one budget transaction per 50 reads, not per read)
+READ_AHEAD = 64  # answers in flight or waiting for the caller, at most
+RESERVE_CHUNK = 200  # read budget reserved at a time (one budget transaction per 200 reads, not per read)
 ABANDONED_AFTER_SECONDS = 3 * 3600  # a sync "running" longer than this lost its process
 
 
@@ -113,9 +117,13 @@ class _Reader:
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="directory-sync")
-        self.window = concurrency * 2
+        # Answers read ahead of the caller: enough that the readers keep going while the caller
+        # writes a batch (a first sync inserts 2,000 members at a time), small enough to stay
+        # bounded (64 answers of ~50 members each: well under 10 MB).
+        self.window = max(READ_AHEAD, concurrency * 2)
         self.guard = guard
         self.calls = 0
+        self.waited = 0.0  # seconds the caller spent waiting for an answer (the walk is read-bound then)
         self._reserved: dict[str, int] = {}
 
     def client(self) -> Any:
@@ -131,21 +139,24 @@ class _Reader:
             self.calls += 1
         return fn(self.client(), *args, spend=())  # the budget was reserved by reserve()
 
-    def reserve(self, path: str) -> None:
-        """Take one read of ``path`` from the budget service, reserving RESERVE_CHUNK at a time.
+    def reserve(self, path: str, upcoming: int | None = None) -> None:
+        """Take one read of ``path`` from the budget service, reserving up to RESERVE_CHUNK at a time.
 
         Directory reads count against WeCom's per-API limits (10,000/min, 150,000/h per corp, §10.2)
         shared with every other process; reserving in chunks keeps that to one budget transaction
-        per 50 reads. A denial raises BudgetExhausted (a rate limit: the job is retried later).
+        per 200 reads. ``upcoming`` (the reads still to come, when known) caps the chunk, so a small
+        walk reserves no more than it makes. A denial raises BudgetExhausted (a rate limit: the job
+        is retried later).
         """
         left = self._reserved.get(path, 0)
         if left == 0:
+            chunk = RESERVE_CHUNK if upcoming is None else max(1, min(RESERVE_CHUNK, upcoming))
             budget = getattr(self.client(), "budget", None)
             if budget is not None:
-                grant = budget.acquire_many(read_asks(path, RESERVE_CHUNK))
+                grant = budget.acquire_many(read_asks(path, chunk))
                 if not grant.ok:
                     raise BudgetExhausted(grant, path)
-            left = RESERVE_CHUNK
+            left = chunk
         self._reserved[path] = left - 1
 
     def map(
@@ -157,6 +168,7 @@ class _Reader:
         sync whose job lost its lease stops asking WeCom.
         """
         pending: deque[tuple[Any, Future]] = deque()
+        upcoming = len(items) if isinstance(items, Sized) else None
         items = iter(items)
         exhausted = False
         while pending or not exhausted:
@@ -168,12 +180,18 @@ class _Reader:
                     break
                 if self.guard is not None:
                     self.guard()
-                self.reserve(path)
+                self.reserve(path, upcoming)
+                if upcoming is not None:
+                    upcoming -= 1
                 pending.append((item, self._pool.submit(self.call, fn, item)))
             if not pending:
                 break
             item, future = pending.popleft()
             try:
+                if not future.done():
+                    started = time.perf_counter()
+                    futures_wait([future])
+                    self.waited += time.perf_counter() - started
                 yield item, future.result(), None
             except Exception as exc:  # noqa: BLE001 - handed to the caller with its item
                 yield item, None, exc
@@ -270,6 +288,8 @@ class FullSync:
 
     def _finish(self, state: str, *, error: str | None = None, planned: list[int] | None = None) -> SyncReport:
         self.stats["api_calls"] = self.reader.calls
+        if self.reader.waited:
+            self.stats.setdefault("seconds", {})["waiting_for_wecom"] = round(self.reader.waited, 3)
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(SYNC)
@@ -302,7 +322,7 @@ class FullSync:
     def _walk(self) -> list[int] | None:
         """Returns the planned departures when the brake stops the sync, else None."""
         try:
-            self.reader.reserve("department/list")
+            self.reader.reserve("department/list", 1)
             raw_departments = self.reader.call(department_api.list_departments)
         except WeComError as exc:
             if diagnose(exc.errcode) is not None:
@@ -325,16 +345,31 @@ class FullSync:
         if 1 not in {d.id for d in departments}:
             self._incomplete("root department not visible: set the app's visibility to the whole company")
             self._scope_alert()
-        index = self._load_index()
-        self._apply_departments(departments, index)
-        seen, newcomers, leaving = self._walk_members(departments, index)
-        planned = self._settle_absent(index, seen, newcomers, leaving)
+        with self._timed("index"):
+            index = self._load_index()
+        with self._timed("departments"):
+            self._apply_departments(departments, index)
+        with self._timed("members"):
+            seen, newcomers, leaving = self._walk_members(departments, index)
+        with self._timed("absent"):
+            planned = self._settle_absent(index, seen, newcomers, leaving)
         if planned is not None:
             return planned
         self._delete_departments(index, {d.id for d in departments})
         if self.include_tags:
-            self._walk_tags(index)
+            with self._timed("tags"):
+                self._walk_tags(index)
         return None
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Seconds per phase in the run's stats (``seconds``), for ``directory status --json`` and the bench."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = self.stats.setdefault("seconds", {})
+            seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
 
     def _incomplete(self, why: str) -> None:
         self.complete = False
@@ -406,15 +441,17 @@ class FullSync:
                     continue  # listed again under another of their departments
                 seen.add(folded)
                 known = index.members.get(folded)
-                rec = MemberRecord.from_api(row, known[2] if known is not None else rules.ACTIVE)
                 if known is None:
-                    newcomers[folded] = rec
-                elif known[1] != rec.fingerprint():
-                    entry = (rec, known[0], known[1])
-                    if rec.status in rules.GONE and known[2] not in rules.GONE:
-                        leaving.append(entry)
-                    else:
-                        changed.append(entry)
+                    newcomers[folded] = MemberRecord.from_api(row)
+                    continue
+                if rules.row_fingerprint(row, known[2]) == known[1]:
+                    continue  # unchanged, the usual case: no record built
+                rec = MemberRecord.from_api(row, known[2])
+                entry = (rec, known[0], known[1])
+                if rec.status in rules.GONE and known[2] not in rules.GONE:
+                    leaving.append(entry)
+                else:
+                    changed.append(entry)
             if len(changed) >= UPDATE_BATCH:
                 self._write_changed(changed)
                 changed = []
@@ -442,7 +479,7 @@ class FullSync:
             for rec, _pid, _fp in changed:
                 self._count("departed" if rec.status == rules.LEFT else "updated")
             return
-        with self.engine.begin() as conn:
+        with self._timed("member_writes"), self.engine.begin() as conn:
             ids = [pid for _r, pid, _fp in changed]
             rows = {r.id: r for r in conn.execute(sa.select(PERSON).where(PERSON.c.id.in_(ids)))}
             for rec, pid, fp in changed:
@@ -465,6 +502,10 @@ class FullSync:
             self.stats["hired"] += len(newcomers)
             return
         records = list(newcomers.values())
+        with self._timed("member_writes"):
+            self._insert_records(records)
+
+    def _insert_records(self, records: list[MemberRecord]) -> None:
         for start in range(0, len(records), INSERT_BATCH):
             with self.engine.begin() as conn:
                 self.stats["hired"] += mirror.bulk_insert_members(
@@ -633,7 +674,7 @@ class FullSync:
     # ---- tags --------------------------------------------------------------------------------------------
     def _walk_tags(self, index: _Index) -> None:
         try:
-            self.reader.reserve("tag/list")
+            self.reader.reserve("tag/list", 1)
             tags = self.reader.call(tag_api.list_tags)
         except WeComError as exc:
             self._read_failed(exc, "tag/list")

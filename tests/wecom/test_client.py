@@ -23,6 +23,7 @@ from wecom_plugin.wecom.client import (
     WeComClient,
     fold_userid,
     limit_kind,
+    pool_for,
     redact,
     same_userid,
 )
@@ -525,17 +526,18 @@ def test_request_bodies_are_sent_as_compact_utf8_json(emulator):
     assert captured == [json.dumps({"chatid": chatid, "name": "中文群名"}, ensure_ascii=False, separators=(",", ":"))]
 
 
-def test_the_client_closes_only_a_session_it_made(emulator):
-    import requests
-
-    shared = requests.Session()
-    with make_client(emulator, session=shared) as client:
+def test_the_client_closes_only_a_pool_it_made(emulator):
+    shared = pool_for(emulator.url)
+    with make_client(emulator, pool=shared) as client, make_client(emulator, pool=shared) as other:
         department.simplelist(client)
-    assert shared.adapters  # not closed: the caller owns it
+        department.simplelist(other)
+    assert len(shared.pools) == 1  # not closed: the caller owns it, and both clients used the same pool
     with make_client(emulator) as own:
         department.simplelist(own)
+        assert own.pool is not shared and len(own.pool.pools) == 1
+    assert len(own.pool.pools) == 0  # closed with the client that made it
     own.close()  # closing twice is harmless
-    shared.close()
+    shared.clear()
 
 
 def test_tokens_expire_by_the_store_clock_not_wecoms(emulator):

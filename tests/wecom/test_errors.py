@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+import urllib3
+from urllib3 import exceptions as u3
 
 from wecom_plugin.errors import (
     ConfigurationError,
@@ -251,6 +253,88 @@ def test_connect_timeout_is_recognised_without_a_network():
     exc = requests.ConnectTimeout("connect timed out")
     assert WeComNetworkError.from_exception(exc).side_effect_possible is False
     assert WeComNetworkError.from_exception(ValueError("not json")).side_effect_possible is True
+
+
+def _urllib3_call(url: str, method: str = "POST", **options) -> BaseException:
+    """What urllib3 raises for one call made the way the client makes it (no retries, no redirects)."""
+    with pytest.raises(u3.HTTPError) as info:
+        urllib3.PoolManager().request(
+            method, url, body=b"{}", retries=options.pop("retries", False), redirect=False,
+            timeout=urllib3.Timeout(connect=1, read=0.2), **options,
+        )  # fmt: skip
+    return info.value
+
+
+def test_urllib3_connect_refused_has_no_side_effect_bare_or_wrapped():
+    url = f"http://127.0.0.1:{_free_port()}/cgi-bin/appchat/send?access_token=SECRET123"
+    bare = _urllib3_call(url)
+    assert isinstance(bare, u3.NewConnectionError)
+    wrapped = _urllib3_call(url, retries=urllib3.Retry(0))
+    assert isinstance(wrapped, u3.MaxRetryError) and isinstance(wrapped.reason, u3.NewConnectionError)
+    for exc in (bare, wrapped):
+        mapped = WeComNetworkError.from_exception(exc, "appchat/send")
+        assert mapped.side_effect_possible is False
+        assert "SECRET123" not in str(mapped)
+
+
+def test_urllib3_read_timeout_and_reset_after_send_may_have_a_side_effect(silent_server):
+    port, accepted = silent_server
+    timeout = _urllib3_call(f"http://127.0.0.1:{port}/cgi-bin/appchat/send")
+    assert isinstance(timeout, u3.ReadTimeoutError)
+    assert WeComNetworkError.from_exception(timeout, "appchat/send").side_effect_possible is True
+    wrapped = _urllib3_call(f"http://127.0.0.1:{port}/cgi-bin/appchat/send", retries=urllib3.Retry(0, read=False))
+    assert WeComNetworkError.from_exception(wrapped, "appchat/send").side_effect_possible is True
+
+    result: list[BaseException] = []
+
+    def call():
+        try:
+            urllib3.PoolManager().request("POST", f"http://127.0.0.1:{port}/x", body=b"{}", retries=False, timeout=2)
+        except u3.HTTPError as exc:
+            result.append(exc)
+
+    earlier = len(accepted)  # the two timed-out calls' connections (closed by the fixture)
+    caller = threading.Thread(target=call)
+    caller.start()
+    for _ in range(100):
+        if len(accepted) > earlier:
+            break
+        threading.Event().wait(0.02)
+    conn = accepted.pop()
+    conn.recv(65536)  # the request arrived
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    conn.close()
+    caller.join()
+    assert isinstance(result[0], u3.ProtocolError)
+    assert WeComNetworkError.from_exception(result[0], "appchat/send").side_effect_possible is True
+
+
+def test_urllib3_connect_phase_types_are_recognised_without_a_network():
+    before = [
+        u3.ConnectTimeoutError("connect timed out"),
+        u3.NameResolutionError("qyapi.weixin.qq.com", None, socket.gaierror(-2, "Name or service not known")),
+        u3.ProxyError("Unable to connect to proxy", OSError("refused")),
+        u3.MaxRetryError(None, "/x", u3.NameResolutionError("h", None, socket.gaierror(-2, "no"))),
+        u3.SSLError(ssl_verification_error()),
+        u3.LocationParseError("http://[bad"),
+        u3.ClosedPoolError(None, "closed"),
+    ]
+    for exc in before:
+        assert WeComNetworkError.from_exception(exc).side_effect_possible is False, exc
+    after = [
+        u3.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+        u3.ReadTimeoutError(None, "/x", "Read timed out."),
+        u3.SSLError("[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC]"),  # not known to be the handshake
+        u3.MaxRetryError(None, "/x", u3.ProtocolError("Connection aborted.")),
+    ]
+    for exc in after:
+        assert WeComNetworkError.from_exception(exc).side_effect_possible is True, exc
+
+
+def ssl_verification_error() -> BaseException:
+    import ssl
+
+    return ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
 
 
 def test_network_errors_never_carry_the_access_token_in_their_message():

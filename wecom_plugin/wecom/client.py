@@ -1,4 +1,4 @@
-"""The WeCom API client: one HTTP session, timeouts, errcodes as exceptions, one shared access token.
+"""The WeCom API client: one connection pool, timeouts, errcodes as exceptions, one shared access token.
 
 :class:`WeComClient` is the only place that talks HTTP to WeCom (``qyapi.weixin.qq.com/cgi-bin/``, or the
 sandbox tenant). Endpoint functions (:mod:`wecom_plugin.wecom.api`) are thin wrappers over
@@ -33,24 +33,35 @@ What the client does itself (contract §1, §10):
   ``gettoken`` has no side effect, and the call that needed the token is guarded again before it leaves.
 * **Secrets stay out of logs and errors.** Logs carry the endpoint, errcode and duration; query values
   of ``access_token``, ``corpsecret``, ``key`` and ``code`` are masked in every error message, and
-  ``requests``' own exceptions (whose text holds the URL) are not chained.
+  urllib3's own exceptions (whose text holds the URL) are not chained.
 
-The client is not thread-safe (one ``requests.Session``); build one per thread or job.
+The transport is urllib3 (a ``PoolManager``, or a ``ProxyManager`` when the environment names a proxy
+for the API host, see :func:`pool_for`) and orjson: no retries and no redirects inside urllib3, so a
+POST is never resent behind the client's back; a keep-alive connection is reused once its answer has
+been read to the end. The pool is thread-safe and may be shared by clients (``pool=``). A client keeps
+no per-call state, but its ``guard`` belongs to one job: build one client per job or thread.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-import requests
+import certifi
+import orjson
 import urllib3
+from requests.utils import get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed, select_proxy
+from urllib3.fields import RequestField
+from urllib3.filepost import encode_multipart_formdata
 
 from wecom_plugin.errors import ConfigurationError
 from wecom_plugin.wecom.budget import Ask, Budget, BudgetExhausted
@@ -74,6 +85,9 @@ log = logging.getLogger("wecom_plugin.wecom.client")
 DEFAULT_TIMEOUT = (3.05, 10.0)
 #: Media uploads (up to 20 MB) get a longer read timeout.
 UPLOAD_TIMEOUT = (3.05, 60.0)
+#: Connections kept per host, and hosts kept, by a pool :func:`pool_for` makes (requests' defaults).
+POOL_MAXSIZE = 10
+POOL_HOSTS = 10
 #: -1 / 45033: at most this many retries (official advice for -1: ≤3), after these base pauses, jittered ×[0.5, 1].
 BUSY_RETRIES = 3
 BUSY_DELAYS = (0.2, 0.4, 0.8)
@@ -131,7 +145,16 @@ class WeComClient:
         busy_retries, busy_delays: the -1/45033 retry policy.
         clock: current time as an aware datetime (for 45009 retry times); tests fix it.
         sleep: how to pause between busy retries; tests may record instead.
-        session: a ``requests.Session`` to use (default: a new one, closed by :meth:`close`).
+        pool: a ``urllib3.PoolManager`` to share with other clients (default: ``pool_for(base_url)``,
+            closed by :meth:`close`; a pool passed in is left open for its owner).
+
+    The pool a client makes honours the environment the way ``requests`` did: the proxy for
+    ``base_url`` is resolved once, here, from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` (upper or
+    lower case) and ``NO_PROXY`` (host suffixes, ``host:port``, IPv4 CIDR); when one applies, requests go
+    through a ``urllib3.ProxyManager`` (an HTTPS API through a ``CONNECT`` tunnel; credentials in the
+    proxy URL are sent as ``Proxy-Authorization``), otherwise a ``urllib3.PoolManager``. TLS certificates
+    are verified against ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` when set, else certifi's store.
+    A pool passed as ``pool`` is used as it is: build it with :func:`pool_for` to keep these rules.
     """
 
     def __init__(
@@ -151,7 +174,7 @@ class WeComClient:
         busy_delays: tuple[float, ...] = BUSY_DELAYS,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], object] = time.sleep,
-        session: requests.Session | None = None,
+        pool: urllib3.PoolManager | None = None,
     ) -> None:
         if not corp_id or not secret:
             raise ConfigurationError("WeComClient needs a corp id and a secret")
@@ -169,8 +192,16 @@ class WeComClient:
         self.busy_delays = busy_delays or (0.0,)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._sleep = sleep
-        self._own_session = session is None
-        self.session = session if session is not None else requests.Session()
+        self._own_pool = pool is None
+        self.pool: urllib3.PoolManager = pool if pool is not None else pool_for(self.base_url)
+        self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
+        # A plain PoolManager is asked for the API host's pool once (not per call, which re-parses the
+        # URL); a proxy manager gets the whole URL every time, as it needs it.
+        origin = urllib3.util.parse_url(self.base_url)
+        self._origin = (origin.host, origin.port, origin.scheme)
+        self._prefix = origin.path or "/"
+        self._direct = type(self.pool) is urllib3.PoolManager
+        self._host_pool: urllib3.HTTPConnectionPool | None = None
         self._token_key = token_key(corp_id, secret)
 
     @classmethod
@@ -200,9 +231,9 @@ class WeComClient:
         return f"<WeComClient corp={self.corp_id} agent={self.agent_id} base={self.base_url}>"
 
     def close(self) -> None:
-        """Close the HTTP session if the client made it."""
-        if self._own_session:
-            self.session.close()
+        """Close the connection pool if the client made it."""
+        if self._own_pool:
+            self.pool.clear()
 
     def __enter__(self) -> WeComClient:
         return self
@@ -349,41 +380,61 @@ class WeComClient:
         timeout: tuple[float, float],
         guarded: bool,
     ) -> dict[str, Any]:
-        # stream=True: the body is read below against an overall deadline (requests' read timeout
-        # applies per socket read, so a server dripping bytes could otherwise hold a call forever).
-        kwargs: dict[str, Any] = {"params": query, "timeout": timeout, "stream": True}
+        target = path
+        if query:
+            target += ("&" if "?" in path else "?") + _encode_query(query)
+        payload: bytes | None = None
+        headers = _HEADERS
         if files is not None:
-            kwargs["files"] = files
+            payload, content_type = _multipart(files)
+            headers = {**_HEADERS, "Content-Type": content_type}
         elif body is not None:
-            kwargs["data"] = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            kwargs["headers"] = {"Content-Type": "application/json; charset=utf-8"}
+            payload = _dumps(body)
+            headers = _JSON_HEADERS
+        timeouts = self._timeouts.get(timeout)
+        if timeouts is None:
+            timeouts = self._timeouts[timeout] = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         if guarded:
             self.guard()
         started = time.monotonic()
         try:
-            resp = self.session.request(method, self.base_url + path, **kwargs)
-        except requests.RequestException as exc:
+            # preload_content=False: the body is read below against an overall deadline (the read
+            # timeout applies per socket read, so a server dripping bytes could otherwise hold a call
+            # forever). retries=False: urllib3 raises instead of resending, redirect=False: a 3xx is an error.
+            if self._direct:
+                pool = self._host_pool
+                if pool is None or pool.pool is None:  # first call, or the manager closed it (clear, eviction)
+                    pool = self._host_pool = self.pool.connection_from_host(*self._origin)
+                url = self._prefix + target
+            else:
+                pool, url = self.pool, self.base_url + target
+            resp = pool.urlopen(
+                method, url, body=payload, headers=headers, timeout=timeouts, retries=False, redirect=False,
+                preload_content=False, decode_content=True,
+            )  # fmt: skip
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             ms = (time.monotonic() - started) * 1000
             error = _network_error(exc, path, idempotent)
             log.warning("wecom %s %s failed after %.0f ms: %s", method, path, ms, error)
             raise error from None
+        complete = False
         try:
-            if resp.status_code != 200:
+            if resp.status != 200:
                 ms = (time.monotonic() - started) * 1000
-                log.warning("wecom %s %s answered HTTP %s in %.0f ms", method, path, resp.status_code, ms)
-                raise WeComNetworkError(f"{path}: HTTP {resp.status_code}", path, side_effect_possible=not idempotent)
-            raw = _read_body(resp, path, started + sum(timeout), idempotent)
+                log.warning("wecom %s %s answered HTTP %s in %.0f ms", method, path, resp.status, ms)
+                raise WeComNetworkError(f"{path}: HTTP {resp.status}", path, side_effect_possible=not idempotent)
+            raw = _read_body(resp, path, started + timeout[0] + timeout[1], idempotent)
+            complete = True
             ms = (time.monotonic() - started) * 1000
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = None
+            data = _loads(raw)
             if not isinstance(data, dict):
                 log.warning("wecom %s %s answered a body that is not a JSON object in %.0f ms", method, path, ms)
                 raise WeComNetworkError(f"{path}: the answer is not a JSON object", path,
                                         side_effect_possible=not idempotent)  # fmt: skip
         finally:
-            resp.close()
+            if not complete:  # unread bytes left: the connection cannot carry another request
+                resp.close()
+            resp.release_conn()  # back to the pool (read to the end, it already is)
         errcode = _errcode(data)
         if errcode:
             log.info("wecom %s %s errcode %s in %.0f ms", method, path, describe(errcode), ms)
@@ -406,7 +457,7 @@ class WeComClient:
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
-def _read_body(resp: requests.Response, path: str, deadline: float, idempotent: bool) -> bytes:
+def _read_body(resp: urllib3.BaseHTTPResponse, path: str, deadline: float, idempotent: bool) -> bytes:
     """The answer's body, read before ``deadline`` (monotonic) and within :data:`MAX_ANSWER_BYTES`.
 
     Each read returns what the socket has (``read1``), so the deadline is checked at least once per
@@ -414,9 +465,10 @@ def _read_body(resp: requests.Response, path: str, deadline: float, idempotent: 
     """
     chunks: list[bytes] = []
     size = 0
+    read1 = resp.read1
     try:
         while True:
-            chunk = resp.raw.read1(65536, decode_content=True)
+            chunk = read1(65536, decode_content=True)
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
@@ -429,8 +481,68 @@ def _read_body(resp: requests.Response, path: str, deadline: float, idempotent: 
             if size > MAX_ANSWER_BYTES:
                 raise WeComNetworkError(f"{path}: the answer exceeds {MAX_ANSWER_BYTES} bytes", path,
                                         side_effect_possible=not idempotent)  # fmt: skip
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _network_error(exc, path, idempotent) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        # The request was sent and answered: whatever failed now, it may have had its effect.
+        raise _network_error(exc, path, idempotent, sent=True) from None
+
+
+#: Headers of every request (the Accept-Encoding requests sent; urllib3 decodes the answer).
+_HEADERS = {
+    "User-Agent": f"wecom-plugin urllib3/{urllib3.__version__}",
+    "Accept-Encoding": "gzip, deflate",
+}
+_JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json; charset=utf-8"}
+
+
+def _encode_query(query: Mapping[str, Any]) -> str:
+    """``query`` as requests encoded it: None values left out, sequences repeated, UTF-8, ``+`` for spaces."""
+    return urlencode([(k, v) for k, v in query.items() if v is not None], doseq=True)
+
+
+def _dumps(body: Any) -> bytes:
+    """Compact UTF-8 JSON with non-ASCII text as is (Chinese stays readable to WeCom)."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # what orjson refuses (an int beyond 64 bits...): the standard library may take it
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _loads(raw: bytes) -> Any:
+    """The parsed body, or None if it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except ValueError:
+        try:  # what orjson refuses that the standard library reads (a UTF-8 BOM, NaN...)
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+
+def _multipart(files: Mapping[str, Any]) -> tuple[bytes, str]:
+    """``(body, content type)`` of a multipart upload, built as requests built it from ``files=``.
+
+    Each value is ``(filename, content[, content_type[, headers]])`` (content: bytes, str or a file
+    object), or bare content sent under the field's name.
+    """
+    fields = []
+    for name, value in files.items():
+        content_type = headers = None
+        if isinstance(value, (tuple, list)):
+            if len(value) == 2:
+                filename, content = value
+            elif len(value) == 3:
+                filename, content, content_type = value
+            else:
+                filename, content, content_type, headers = value
+        else:
+            filename, content = getattr(value, "name", None) or name, value
+        if content is None:
+            continue
+        data = content.read() if hasattr(content, "read") else content
+        field = RequestField(name=name, data=data, filename=filename, headers=headers)
+        field.make_multipart(content_type=content_type)
+        fields.append(field)
+    return encode_multipart_formdata(fields)
 
 
 def _errcode(data: Mapping[str, Any]) -> int:
@@ -442,10 +554,64 @@ def _errcode(data: Mapping[str, Any]) -> int:
         return -1  # a garbled errcode: treat as "system busy", which is retried a little
 
 
-def _network_error(exc: requests.RequestException, path: str, idempotent: bool) -> WeComNetworkError:
+def _network_error(exc: BaseException, path: str, idempotent: bool, *, sent: bool = False) -> WeComNetworkError:
+    """The :class:`WeComNetworkError` for ``exc``, its message redacted; ``sent``: the request surely left."""
     mapped = WeComNetworkError.from_exception(exc, path)
-    possible = mapped.side_effect_possible and not idempotent
+    possible = (sent or mapped.side_effect_possible) and not idempotent
     return WeComNetworkError(redact(str(mapped)), path, side_effect_possible=possible)
+
+
+def environ_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url``, as requests chose it (None: go direct).
+
+    ``HTTPS_PROXY``/``HTTP_PROXY`` by the URL's scheme, else ``ALL_PROXY`` (lower case first, as curl);
+    none when ``NO_PROXY`` matches the host. A proxy without a scheme is taken as ``http://``.
+    """
+    proxy = select_proxy(url, get_environ_proxies(url))
+    return prepend_scheme_if_needed(proxy, "http") if proxy else None
+
+
+def pool_for(base_url: str) -> urllib3.PoolManager:
+    """A connection pool for ``base_url``: a ``ProxyManager`` if :func:`environ_proxy` names a proxy, else a
+    ``PoolManager``; TLS verified against ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or certifi's store.
+
+    Raises:
+        ConfigurationError: the proxy or the CA bundle named in the environment cannot be used.
+    """
+    options: dict[str, Any] = {"num_pools": POOL_HOSTS, "maxsize": POOL_MAXSIZE, "cert_reqs": "CERT_REQUIRED"}
+    options.update(_trust_store(base_url))
+    proxy = environ_proxy(base_url)
+    if proxy is None:
+        return urllib3.PoolManager(**options)
+    parsed = urllib3.util.parse_url(proxy)
+    where = f"the proxy the environment names for {urlsplit(base_url).hostname}"  # never the proxy's credentials
+    scheme = (parsed.scheme or "").lower()
+    if not parsed.host:
+        raise ConfigurationError(f"{where} has no host")
+    if scheme.startswith("socks"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from urllib3.contrib.socks import SOCKSProxyManager
+        except ImportError:
+            raise ConfigurationError(f"{where} is a SOCKS proxy, which needs PySocks (not installed)") from None
+        return SOCKSProxyManager(proxy, **options)
+    if scheme not in ("http", "https"):
+        raise ConfigurationError(f"{where} has the unsupported scheme {scheme!r}")
+    username, password = get_auth_from_url(proxy)
+    proxy_headers = urllib3.make_headers(proxy_basic_auth=f"{username}:{password}") if username else None
+    return urllib3.ProxyManager(parsed._replace(auth=None).url, proxy_headers=proxy_headers, **options)
+
+
+def _trust_store(base_url: str) -> dict[str, str]:
+    """``ca_certs``/``ca_cert_dir`` for the pool: what requests verified against."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        path = os.environ.get(name)
+        if path:
+            if not os.path.exists(path) and base_url.lower().startswith("https:"):
+                raise ConfigurationError(f"{name}: no CA bundle at {path}")
+            return {"ca_cert_dir": path} if os.path.isdir(path) else {"ca_certs": path}
+    return {"ca_certs": certifi.where()}
 
 
 def secret_for(settings: Settings, which: str) -> str:
@@ -465,8 +631,10 @@ __all__ = [
     "LIMIT_KINDS",
     "UPLOAD_TIMEOUT",
     "WeComClient",
+    "environ_proxy",
     "fold_userid",
     "limit_kind",
+    "pool_for",
     "redact",
     "same_userid",
     "secret_for",

@@ -23,9 +23,12 @@ suffix that changes per call. :attr:`WeComError.errmsg` drops that suffix for di
 
 from __future__ import annotations
 
+import http.client
 import re
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from wecom_plugin.errors import ConfigurationError, PermanentError, PluginError, RateLimitedError, RetryableError
 
@@ -361,8 +364,8 @@ class WeComNetworkError(RetryableError):
     """No WeCom answer: DNS, connect, TLS, timeout, reset, or a body that is not JSON.
 
     ``side_effect_possible`` is True when the request may have reached WeCom (read timeout, connection
-    reset after sending): an at-most-once step must then end ``unknown`` instead of being retried. It is
-    False only when the request provably never left (connect errors).
+    reset or TLS failure after sending): an at-most-once step must then end ``unknown`` instead of being
+    retried. It is False only when the request provably never left (see :func:`_before_send`).
     """
 
     def __init__(
@@ -373,9 +376,9 @@ class WeComNetworkError(RetryableError):
 
     @classmethod
     def from_exception(cls, exc: BaseException, endpoint: str = "") -> WeComNetworkError:
-        """Map a ``requests``/``urllib3`` failure: connect-phase errors are side-effect free, the rest not."""
+        """Map a ``urllib3``/``requests`` failure: connect-phase errors are side-effect free, the rest not."""
         where = f"{endpoint}: " if endpoint else ""
-        # requests' messages contain the URL, and with it the access token: mask before keeping it.
+        # urllib3's and requests' messages contain the URL, and with it the access token: mask it.
         message = redact(f"{where}{type(exc).__name__}: {exc}")
         return cls(message, endpoint, side_effect_possible=not _before_send(exc))
 
@@ -388,15 +391,21 @@ def redact(text: str) -> str:
     return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", text)
 
 
+#: Exceptions (matched by class name anywhere in the MRO) that only happen before a byte of the request
+#: left: the connection, the TLS handshake or the proxy could not be set up, or the URL was unusable.
 _CONNECT_PHASE = frozenset(
     {
         "ConnectTimeout",  # requests
-        "ConnectTimeoutError",  # urllib3
+        "ConnectTimeoutError",  # urllib3: connect timed out (NewConnectionError derives from it)
         "NewConnectionError",  # urllib3: refused, unreachable
         "NameResolutionError",  # urllib3 2.x: DNS
-        "SSLError",  # handshake failed: nothing was sent
-        "ProxyError",
-        "InvalidURL",
+        "SSLCertVerificationError",  # ssl (alias CertificateError): the server's certificate was refused
+        "CertificateError",
+        "ProxyError",  # urllib3 raises it only while the connection to the proxy is not made yet
+        "LocationValueError",  # urllib3: no host, bad URL, unknown scheme (nothing was opened)
+        "ClosedPoolError",  # urllib3: the pool was closed, no connection taken
+        "EmptyPoolError",
+        "InvalidURL",  # requests
         "MissingSchema",
         "InvalidSchema",
     }
@@ -404,7 +413,18 @@ _CONNECT_PHASE = frozenset(
 
 
 def _before_send(exc: BaseException) -> bool:
-    """True if ``exc`` (or anything in its cause chain) shows the request was never sent."""
+    """True if ``exc`` (or an exception it wraps) shows the request was never sent.
+
+    Two kinds of proof: a connect-phase exception type (:data:`_CONNECT_PHASE`), or an exception raised
+    inside urllib3's ``HTTPConnection.connect`` (TCP connect, proxy tunnel, TLS handshake), which runs
+    before the first byte of the request is written. The second catches what the type does not say:
+    urllib3 reports a TLS handshake timeout as ``ReadTimeoutError`` and wraps every TLS failure, during
+    the handshake or after the request was sent, in the same ``SSLError``.
+
+    Only what the exception wraps is followed (``MaxRetryError.reason``, ``__cause__``, exceptions in
+    ``args``), never the implicit ``__context__``: that may be an unrelated error the *caller* was
+    handling when it made the call (a connect failure of an earlier call, say).
+    """
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -414,9 +434,27 @@ def _before_send(exc: BaseException) -> bool:
         seen.add(id(current))
         if any(klass.__name__ in _CONNECT_PHASE for klass in type(current).__mro__):
             return True
+        if _raised_while_connecting(current):
+            return True
         reason = getattr(current, "reason", None)  # urllib3's MaxRetryError wraps the real cause
-        stack.extend([current.__cause__, current.__context__, reason if isinstance(reason, BaseException) else None])
+        stack.extend([current.__cause__, reason if isinstance(reason, BaseException) else None])
         stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+    return False
+
+
+#: The ``connect()`` methods: nothing of the request has been written while one of them runs.
+_CONNECT_CODES = frozenset(
+    {HTTPConnection.connect.__code__, HTTPSConnection.connect.__code__, http.client.HTTPConnection.connect.__code__}
+)
+
+
+def _raised_while_connecting(exc: BaseException) -> bool:
+    """True if ``exc`` was raised inside urllib3's (or http.client's) ``connect()``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _CONNECT_CODES:
+            return True
+        tb = tb.tb_next
     return False
 
 

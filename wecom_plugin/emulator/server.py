@@ -19,6 +19,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
@@ -41,7 +42,12 @@ DIRECTORY_LISTS = {
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    # orjson: the same compact UTF-8 text as json.dumps(ensure_ascii=False), several times cheaper
+    # (a 100,000-member sync is 2,000 user/list answers; the sandbox should not be its bottleneck).
+    try:
+        body: bytes | str = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # what orjson refuses (an int beyond 64 bits...): the standard encoder
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return Response(body, status=status, content_type=JSON_TYPE, headers=headers)
 
 

@@ -230,21 +230,15 @@ def bulk_insert_members(conn: sa.Connection, records: Sequence[MemberRecord], or
     return directory_bulk.insert_new_members(conn, records, origin, utcnow())
 
 
-def person_ids_by_folded(conn: sa.Connection, folded: Iterable[str]) -> dict[str, int]:
-    """Live people's ids by folded userid (chunked IN queries)."""
+def person_ids_by_folded(conn: sa.Connection, folded: Iterable[str] | None) -> dict[str, int]:
+    """Live people's ids by folded userid (chunked IN queries); ``None``: every live person."""
+    live = sa.select(PERSON.c.userid_folded, PERSON.c.id).where(PERSON.c.status != rules.LEFT)
+    if folded is None:
+        return dict(conn.execute(live).all())
     folded = list(folded)
     out: dict[str, int] = {}
     for start in range(0, len(folded), 500):
-        chunk = folded[start : start + 500]
-        out.update(
-            dict(
-                conn.execute(
-                    sa.select(PERSON.c.userid_folded, PERSON.c.id).where(
-                        PERSON.c.userid_folded.in_(chunk), PERSON.c.status != rules.LEFT
-                    )
-                ).all()
-            )
-        )
+        out.update(dict(conn.execute(live.where(PERSON.c.userid_folded.in_(folded[start : start + 500]))).all()))
     return out
 
 
@@ -360,9 +354,7 @@ def upsert_tag(
     if removed:
         conn.execute(sa.delete(TAG_MEMBER).where(TAG_MEMBER.c.tag_id == rec.id, TAG_MEMBER.c.person_id.in_(removed)))
     if added:
-        pairs = [{"tag_id": rec.id, "person_id": p} for p in sorted(added)]
-        for start in range(0, len(pairs), 1000):  # multi-row statements: a tag can hold 10,000 people
-            conn.execute(sa.insert(TAG_MEMBER).values(pairs[start : start + 1000]))
+        conn.execute(sa.insert(TAG_MEMBER), [{"tag_id": rec.id, "person_id": p} for p in added])
     _history(
         conn,
         origin,

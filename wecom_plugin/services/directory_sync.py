@@ -60,6 +60,7 @@ SYNC = DirectorySync.__table__
 UPDATE_BATCH = 500  # changed members written per transaction
 INSERT_BATCH = 2000  # new members inserted per statement
 NEWCOMER_HOLD = 5000  # new members held back for rename matching before they are inserted
+BIG_TAG = 2000  # a tag with more members than this resolves them with one scan of the mirror
 READ_AHEAD = 64  # answers in flight or waiting for the caller, at most
 RESERVE_CHUNK = 200  # read budget reserved at a time (one budget transaction per 200 reads, not per read)
 ABANDONED_AFTER_SECONDS = 3 * 3600  # a sync "running" longer than this lost its process
@@ -681,6 +682,7 @@ class FullSync:
             return
         self.stats["tags"] = len(tags)
         names = {int(t["tagid"]): str(t.get("tagname") or "") for t in tags if "tagid" in t}
+        everyone: dict[str, int] | None = None  # every live person's id, loaded once for big tags
         for tagid, detail, error in self.reader.map(tag_api.get, list(names), "tag/get"):
             if error is not None:
                 self._read_failed(error, f"tag/get {tagid}")
@@ -693,7 +695,12 @@ class FullSync:
             if self.dry_run:
                 continue
             with self.engine.begin() as conn:
-                ids = mirror.person_ids_by_folded(conn, rec.users)
+                if len(rec.users) <= BIG_TAG:
+                    ids = mirror.person_ids_by_folded(conn, rec.users)
+                else:  # one scan instead of IN-lists of 500 (a first sync: tags of thousands)
+                    if everyone is None:
+                        everyone = mirror.person_ids_by_folded(conn, None)
+                    ids = everyone
                 mirror.upsert_tag(conn, rec, self.origin, current, ids)
         self._delete_tags(index, names)
 

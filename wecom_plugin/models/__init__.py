@@ -15,12 +15,32 @@ from wecom_plugin.models.directory import (
     Tag,
     TagMember,
 )
+from wecom_plugin.models.groups import (
+    ChatChange,
+    ChatMember,
+    GovernanceSetting,
+    GovernedGroup,
+    GroupExemption,
+    GroupVersion,
+    ManualAction,
+    MembershipCheck,
+    Offboarding,
+)
 from wecom_plugin.models.inbox import CallbackInbox
 from wecom_plugin.models.jobs import Job, JobStep, Occurrence, ProcessHeartbeat, Schedule
 from wecom_plugin.models.ops import Alert, AuditEvent
 from wecom_plugin.models.tokens import WeComToken
 
 __all__ = [
+    "Offboarding",
+    "MembershipCheck",
+    "ManualAction",
+    "GroupVersion",
+    "GroupExemption",
+    "GovernedGroup",
+    "GovernanceSetting",
+    "ChatMember",
+    "ChatChange",
     "Alert",
     "ApiClient",
     "ApiKey",

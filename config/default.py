@@ -57,6 +57,26 @@ DIRECTORY_SYNC_CONCURRENCY = "8"
 # Days after a departure before the member's personal data is minimised (PIPL); ids and dates stay.
 DIRECTORY_DEPARTED_RETENTION_DAYS = "180"
 
+# --- Group governance ------------------------------------------------------------------------------
+# Mode on a new install: observe (report only), then dry_run (plan and record), then enforce (change
+# chats). `wecom-plugin groups mode` changes it at run time (audited); this is the starting value.
+GOVERNANCE_MODE = "observe"
+# Daily member check (每日检查), local time in WECOM_TIMEZONE.
+MEMBER_CHECK_TIME = "07:00"
+# A check planning more removals than this in total stops and waits for `groups confirm`
+# (besides the per-chat brake of max(5, 10 %) of a chat's members).
+MEMBER_CHECK_BRAKE_TOTAL = "200"
+# JSON list of regular expressions for placeholder names (empty: the built-in list, see docs).
+REAL_NAME_PLACEHOLDER_PATTERNS = ""
+# Days a member failing only the name rule is told before being removed.
+REAL_NAME_GRACE_DAYS = "3"
+# The general office (综合办公室): userids told of every approval (备案) and asked at review dates.
+GENERAL_OFFICE_USERIDS = ""
+# Userids who approve group requests when the requesting department has no leader in the mirror.
+GROUP_APPROVERS = ""
+# Longest exemption from a group's rule, in days.
+EXEMPTION_MAX_DAYS = "365"
+
 # --- Alerts ----------------------------------------------------------------------------------------
 # Optional generic webhook (outside WeCom) that receives every new alert as JSON.
 ALERT_WEBHOOK_URL = ""

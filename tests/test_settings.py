@@ -94,6 +94,14 @@ def test_a_second_callback_key_pair_is_accepted_for_rotation():
         ({"DIRECTORY_SYNC_CONCURRENCY": "500"}, "DIRECTORY_SYNC_CONCURRENCY: must be at most 32"),
         ({"DIRECTORY_DEPARTED_RETENTION_DAYS": "0"}, "DIRECTORY_DEPARTED_RETENTION_DAYS: must be at least 1"),
         ({"WECOM_API_BASE_URL": "ftp://x"}, "WECOM_API_BASE_URL: must be an http(s) URL"),
+        ({"GOVERNANCE_MODE": "remove-everyone"}, "GOVERNANCE_MODE: must be one of observe, dry_run, enforce"),
+        ({"MEMBER_CHECK_TIME": "7am"}, "MEMBER_CHECK_TIME: must be a time of day as HH:MM"),
+        ({"MEMBER_CHECK_TIME": "24:00"}, "MEMBER_CHECK_TIME: must be a time of day as HH:MM"),
+        ({"MEMBER_CHECK_BRAKE_TOTAL": "0"}, "MEMBER_CHECK_BRAKE_TOTAL: must be at least 1"),
+        ({"REAL_NAME_PLACEHOLDER_PATTERNS": "测试.*"}, "REAL_NAME_PLACEHOLDER_PATTERNS: must be a JSON list"),
+        ({"REAL_NAME_PLACEHOLDER_PATTERNS": '["("]'}, "REAL_NAME_PLACEHOLDER_PATTERNS: '(' is not a valid"),
+        ({"REAL_NAME_GRACE_DAYS": "-1"}, "REAL_NAME_GRACE_DAYS: must be at least 0"),
+        ({"EXEMPTION_MAX_DAYS": "0"}, "EXEMPTION_MAX_DAYS: must be at least 1"),
         ({"ALERT_WEBHOOK_URL": "not a url"}, "ALERT_WEBHOOK_URL: must be an http(s) URL"),
     ],
 )
@@ -112,6 +120,19 @@ def test_the_sandbox_refuses_the_real_wecom_api():
 def test_turning_off_callback_freshness_outside_the_sandbox_is_warned_about():
     assert any("freshness" in w for w in _load(**PRODUCTION, WECOM_CALLBACK_MAX_SKEW="0").warnings)
     assert _load(WECOM_SANDBOX="true", WECOM_CALLBACK_MAX_SKEW="0").warnings == ()
+
+
+def test_governance_starts_in_observe_mode_and_reads_its_settings():
+    settings = _load(WECOM_SANDBOX="true")
+    assert settings.governance_mode == "observe"  # safe by default: nothing changes in WeCom
+    assert settings.member_check_time == "07:00" and settings.real_name_patterns == ()
+    custom = _load(
+        WECOM_SANDBOX="true", GOVERNANCE_MODE="Enforce", MEMBER_CHECK_TIME=" 6:30 ",
+        REAL_NAME_PLACEHOLDER_PATTERNS='["临时[0-9]*", "test"]', GENERAL_OFFICE_USERIDS="zhangsan, lisi",
+    )  # fmt: skip
+    assert custom.governance_mode == "enforce" and custom.member_check_time == "06:30"
+    assert custom.real_name_patterns == ("临时[0-9]*", "test")
+    assert custom.general_office_userids == ("zhangsan", "lisi")
 
 
 def test_postgres_urls_use_psycopg_3():

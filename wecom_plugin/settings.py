@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import runpy
 import secrets
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ DEFAULTS_FILE = REPO_ROOT / "config" / "default.py"
 
 REAL_WECOM_HOSTS = ("qyapi.weixin.qq.com",)
 CORP_SIZES = ("small", "medium", "large")
+# observe: report only (a new install), dry_run: plan and record, enforce: change WeCom chats.
+GOVERNANCE_MODES = ("observe", "dry_run", "enforce")
 # Values that appear in docs and examples; a process that finds one of them refuses to start.
 KNOWN_DEFAULT_SECRETS = frozenset({"change-me", "changeme", "secret", "dev", "development", "test"})
 MIN_SECRET_KEY_BYTES = 32
@@ -84,6 +87,14 @@ class Settings:
     directory_sync_minutes: int
     directory_sync_concurrency: int
     directory_departed_retention_days: int
+    governance_mode: str
+    member_check_time: str
+    member_check_brake_total: int
+    real_name_patterns: tuple[str, ...]
+    real_name_grace_days: int
+    general_office_userids: tuple[str, ...]
+    group_approvers: tuple[str, ...]
+    exemption_max_days: int
     alert_webhook_url: str | None
     alert_wecom_userids: tuple[str, ...]
     api_rate_limit_per_minute: int
@@ -226,6 +237,14 @@ def load_settings(
         directory_sync_minutes=v.integer("DIRECTORY_SYNC_MINUTES", minimum=0, maximum=7 * 24 * 60),
         directory_sync_concurrency=v.integer("DIRECTORY_SYNC_CONCURRENCY", minimum=1, maximum=32),
         directory_departed_retention_days=v.integer("DIRECTORY_DEPARTED_RETENTION_DAYS", minimum=1),
+        governance_mode=v.choice("GOVERNANCE_MODE", GOVERNANCE_MODES),
+        member_check_time=_clock_time("MEMBER_CHECK_TIME", v.text("MEMBER_CHECK_TIME")),
+        member_check_brake_total=v.integer("MEMBER_CHECK_BRAKE_TOTAL", minimum=1),
+        real_name_patterns=_patterns("REAL_NAME_PLACEHOLDER_PATTERNS", v.text("REAL_NAME_PLACEHOLDER_PATTERNS")),
+        real_name_grace_days=v.integer("REAL_NAME_GRACE_DAYS", minimum=0, maximum=365),
+        general_office_userids=v.csv("GENERAL_OFFICE_USERIDS"),
+        group_approvers=v.csv("GROUP_APPROVERS"),
+        exemption_max_days=v.integer("EXEMPTION_MAX_DAYS", minimum=1, maximum=3660),
         alert_webhook_url=alert_webhook,
         alert_wecom_userids=v.csv("ALERT_WECOM_USERIDS"),
         api_rate_limit_per_minute=v.integer("API_RATE_LIMIT_PER_MINUTE", minimum=1),
@@ -341,6 +360,32 @@ class _Reader:
 
     def csv(self, name: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.text(name).split(",") if part.strip())
+
+
+def _clock_time(name: str, raw: str) -> str:
+    """``HH:MM`` (24 h), normalised to two digits each."""
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", raw)
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise SettingsError(name, f"must be a time of day as HH:MM (24-hour), got {raw!r}")
+    return f"{int(match.group(1)):02d}:{match.group(2)}"
+
+
+def _patterns(name: str, raw: str) -> tuple[str, ...]:
+    """A JSON list of regular expressions (empty: the built-in placeholder patterns)."""
+    if not raw.strip():
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise SettingsError(name, 'must be a JSON list of regular expressions, e.g. ["测试\\d*", "test\\d*"]') from None
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise SettingsError(name, "must be a JSON list of non-empty strings (regular expressions)")
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SettingsError(name, f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return tuple(value)
 
 
 def _integer(name: str, raw: str, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -411,3 +411,7 @@ _register_api_commands(cli)
 from wecom_plugin.cli_directory import register as _register_directory_commands  # noqa: E402
 
 _register_directory_commands(cli)
+
+from wecom_plugin.cli_groups import register as _register_groups_commands  # noqa: E402
+
+_register_groups_commands(cli)

@@ -61,7 +61,7 @@ _scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.text(ma
 _field_values = {
     "userid": st.one_of(st.text(min_size=0, max_size=8), _scalar),
     "name": st.one_of(st.text(max_size=6), _scalar),
-    "department": st.one_of(st.lists(st.integers(0, 2**33), max_size=4), st.lists(_scalar, max_size=3), _scalar),
+    "department": st.one_of(st.lists(st.integers(0, 2**70), max_size=4), st.lists(_scalar, max_size=3), _scalar),
     "main_department": st.one_of(st.integers(0, 2**33), _scalar, st.text(alphabet="0123456789", max_size=3)),
     "position": st.one_of(st.text(max_size=6), _scalar),
     "is_leader_in_dept": st.one_of(st.lists(st.integers(0, 1), max_size=5), st.lists(_scalar, max_size=3), _scalar),

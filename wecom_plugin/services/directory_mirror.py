@@ -167,6 +167,15 @@ def upsert_member(
     before = record_of(current)
     changes = rules.diff(before.values(), values | {"userid": rec.userid})
     changes.pop("userid_folded", None)
+    if not changes and current.userid_folded == rec.folded:
+        # Same values under another fingerprint (the fingerprint's encoding changed in an upgrade):
+        # refresh it quietly, so the history shows no change that never happened.
+        conn.execute(
+            sa.update(PERSON)
+            .where(PERSON.c.id == current.id, PERSON.c.fingerprint == current.fingerprint)
+            .values(fingerprint=fp)
+        )
+        return Applied(current.id, "unchanged")
     kind, outbox_kind = _change_kind(before, rec)
     extra: dict[str, Any] = {}
     if rec.status == rules.LEFT and current.departed_at is None:

@@ -108,7 +108,13 @@ def known_names() -> list[str]:
 
 def load_job_modules(extra: Iterable[str] = ()) -> None:
     """Import the built-in job modules and any extra ones (``WECOM_PLUGIN_JOB_MODULES``)."""
-    for module in ("wecom_plugin.jobs.builtin", "wecom_plugin.jobs.directory", *extra):
+    for module in (
+        "wecom_plugin.jobs.builtin",
+        "wecom_plugin.jobs.directory",
+        "wecom_plugin.jobs.groups_workflow",
+        "wecom_plugin.jobs.groups_check",
+        *extra,
+    ):
         if module not in _LOADED_MODULES:
             importlib.import_module(module)
             _LOADED_MODULES.add(module)

@@ -1,0 +1,559 @@
+"""The executor of planned membership changes: :func:`apply_chat` carries out one chat's pending
+``chat_change`` rows in one ``appchat/update``. Member checks use it now, offboarding later.
+
+For one chat, in order:
+
+1. **Re-read the chat** (``appchat/get``): the rows are plans, the chat is the truth. A removal of
+   someone no longer there and an addition of someone already there are ``skipped``; a removal for
+   departed/disabled/not-in-directory of someone the mirror now shows active (rehired) is
+   ``cancelled``; an addition of someone the mirror shows gone is ``cancelled``.
+2. **Read the switches** right before calling WeCom: the kill switch, or any mode but enforce,
+   leaves everything pending.
+3. **One ``appchat/update``** with ``add_user_list``, ``del_user_list`` and ``owner`` (required when
+   the current owner is removed: the planned owner change, else one picked by
+   :func:`~wecom_plugin.domain.membership.pick_owner`). It costs one ``appchat.update`` from the
+   budget service (1,000/h per corp, with headroom): when that is spent
+   :class:`~wecom_plugin.wecom.budget.BudgetExhausted` leaves the rows pending and the job is
+   rescheduled. :func:`next_chats` orders chats by their most urgent row (offboarding first).
+4. **An unknown member id** (60111/86216/86007) fails the whole call. The added ids the mirror does
+   not show active are dropped (``failed`` with the errcode) and the call retried; when the mirror
+   finds nothing, the additions are split in halves until the bad ids are found. One bad id never
+   blocks the rest. 86008 (not this app's chat) makes the rows ``manual`` with a
+   :class:`ManualAction`.
+5. **Record**: rows ``applied`` (``applied_at``), ``chat_member`` updated, one audit row per change,
+   and each removed member still in the company told why and how to get back (``groups.notify``).
+
+The ``appchat/update`` is a side effect: a job passes ``step`` (its ``run_step``, at-most-once) so a
+crash after sending never sends again blindly; the re-read at the start of the next attempt settles
+what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from wecom_plugin.domain.directory import ACTIVE, DISABLED, LEFT, fold
+from wecom_plugin.domain.membership import RuleError, pick_owner
+from wecom_plugin.errors import RetryableError
+from wecom_plugin.models.base import utcnow
+from wecom_plugin.services import audit
+from wecom_plugin.services.directory_view import load_view, people_status
+from wecom_plugin.services.governance_switches import effective
+from wecom_plugin.services.membership_check import (
+    ACTOR,
+    CHANGE,
+    GONE_CODES,
+    GROUP,
+    MANUAL,
+    OWNER_REASON,
+    chat_gone_alert,
+    group_facts,
+    not_created_by_app,
+    policy_for,
+    refresh_chat_members,
+)
+from wecom_plugin.wecom import errors as codes
+from wecom_plugin.wecom.budget import read_asks
+from wecom_plugin.wecom.errors import WeComApiError
+
+log = logging.getLogger("wecom_plugin.groups")
+
+BAD_MEMBER_CODES = frozenset({codes.USERID_NOT_FOUND, codes.APPCHAT_INVALID_MEMBER_ID, codes.APPCHAT_INVALID_MEMBER})
+REHIRE_REASONS = frozenset({"departed", "disabled", "not_in_directory", "offboarding_cancelled"})
+Step = Callable[[str, Callable[[], Any]], Any]
+
+
+class UpdateOutcomeUnknown(RetryableError):
+    """An ``appchat/update`` may or may not have reached WeCom; the next attempt re-reads the chat."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=60.0)
+
+
+def _engine(app: Any) -> sa.Engine:
+    from wecom_plugin.extensions import db
+
+    with app.app_context():
+        return db.engine
+
+
+def _held(switches: Any) -> str:
+    return "kill_switch" if switches.kill_switch else f"mode {switches.mode}"
+
+
+def next_chats(session: Session | sa.Connection, limit: int = 100) -> list[int]:
+    """Groups with pending changes, the most urgent first: lowest priority value (0 = offboarding),
+    then the oldest pending change."""
+    first = sa.func.min(CHANGE.c.priority)
+    oldest = sa.func.min(CHANGE.c.created_at)
+    rows = session.execute(
+        sa.select(CHANGE.c.group_id)
+        .where(CHANGE.c.state == "pending")
+        .group_by(CHANGE.c.group_id)
+        .order_by(first, oldest, CHANGE.c.group_id)
+        .limit(limit)
+    )
+    return [r[0] for r in rows]
+
+
+@dataclass
+class _Outcome:
+    state: str
+    errcode: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Apply:
+    """One chat's application in progress."""
+
+    group: Any
+    rows: list[Any]
+    current: dict[str, str] = field(default_factory=dict)  # folded -> spelled, as re-read
+    chat_owner: str = ""
+    outcomes: dict[int, _Outcome] = field(default_factory=dict)  # row id -> outcome
+    chosen_owner: str | None = None  # picked here (no owner change was planned)
+    calls: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def apply_chat(
+    app: Any,
+    group_id: int,
+    guard: Callable[[], None] | None = None,
+    *,
+    step: Step | None = None,
+) -> dict[str, Any]:
+    """Apply the pending changes of one chat (see the module docstring). Returns what happened.
+
+    ``step(target, action)``: runs the ``appchat/update`` side effect (a job's at-most-once
+    ``run_step``); it answers ``action()``'s value, or raises. Without it the call is made directly.
+
+    Raises:
+        BudgetExhausted / WeComRateLimited: no update allowance now; everything stays pending.
+        UpdateOutcomeUnknown: a call's outcome is unknown; the next attempt re-reads the chat.
+    """
+
+    with app.app_context():  # the registry service reads its settings from the current app
+        return _apply_chat(app, group_id, guard, step)
+
+
+def _apply_chat(app: Any, group_id: int, guard: Callable[[], None] | None, step: Step | None) -> dict[str, Any]:
+    from wecom_plugin.services.wecom import client_for
+
+    settings = app.extensions["wecom_settings"]
+    engine = _engine(app)
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        group = conn.execute(sa.select(GROUP).where(GROUP.c.id == group_id)).first()
+        rows = _pending(conn, group_id)
+        switches = effective(conn, settings.governance_mode)
+    result: dict[str, Any] = {"group_id": group_id, "pending": len(rows)}
+    if group is None or not rows:
+        return {**result, "state": "nothing"}
+    if not switches.may_change_chats:
+        return {**result, "state": "held", "reason": _held(switches)}
+    if not group.chatid:
+        return {**result, "state": "held", "reason": "the group has no chat"}
+    work = _Apply(group, rows)
+    client = client_for(app, guard=guard)
+    try:
+        if not _reread(engine, client, work):
+            return {**result, **_summary(work), "state": work.notes[-1] if work.notes else "failed"}
+        _settle(engine, work)
+        live = [r for r in work.rows if r.id not in work.outcomes]
+        if not live:
+            _record(app, engine, work)
+            return {**result, **_summary(work), "state": "settled"}
+        plan = _Call.build(engine, settings, work, live)
+        with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            switches = effective(conn, settings.governance_mode)
+        if not switches.may_change_chats:  # thrown while we were reading: stop before calling
+            _record(app, engine, work)
+            return {**result, **_summary(work), "state": "held", "reason": _held(switches)}
+        plan.run(client, step)
+    finally:
+        client.close()
+    _record(app, engine, work)
+    return {**result, **_summary(work), "state": "applied" if work.calls else "settled"}
+
+
+def apply_pending(
+    app: Any, *, group_id: int | None = None, guard: Callable[[], None] | None = None, limit: int = 1000
+) -> dict[str, Any]:
+    """Apply pending changes chat by chat, the most urgent first, until done, held or out of budget."""
+    from wecom_plugin.wecom.budget import BudgetExhausted
+    from wecom_plugin.wecom.errors import WeComRateLimited
+
+    engine = _engine(app)
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        groups = [group_id] if group_id is not None else next_chats(conn, limit)
+    results = []
+    for gid in groups:
+        try:
+            outcome = apply_chat(app, gid, guard)
+        except (BudgetExhausted, WeComRateLimited) as exc:
+            results.append({"group_id": gid, "state": "deferred", "reason": str(exc)})
+            return {"state": "deferred", "chats": results, "retry_after": exc.retry_after}
+        results.append(outcome)
+        if outcome.get("state") == "held":
+            return {"state": "held", "chats": results, "reason": outcome.get("reason")}
+    return {"state": "done", "chats": results}
+
+
+# --- steps ----------------------------------------------------------------------------------------
+def _pending(conn: Any, group_id: int) -> list[Any]:
+    return list(
+        conn.execute(
+            sa.select(CHANGE)
+            .where(CHANGE.c.group_id == group_id, CHANGE.c.state == "pending")
+            .order_by(CHANGE.c.priority, CHANGE.c.created_at, CHANGE.c.id)
+        )
+    )
+
+
+def _reread(engine: sa.Engine, client: Any, work: _Apply) -> bool:
+    from wecom_plugin.wecom.api import appchat
+
+    group = work.group
+    client.spend(read_asks("appchat/get"))
+    try:
+        chat = appchat.get(client, group.chatid)
+    except WeComApiError as exc:
+        if exc.errcode == codes.APPCHAT_NOT_CREATOR:
+            with Session(engine) as session, session.begin():
+                action_id = not_created_by_app(session, group, source="apply")
+            for row in work.rows:
+                work.outcomes[row.id] = _Outcome("manual", exc.errcode, f"manual action #{action_id}")
+            _write_outcomes(engine, work)
+            work.notes.append("manual")
+            return False
+        if exc.errcode in GONE_CODES:
+            with engine.begin() as conn:
+                chat_gone_alert(conn, group, exc.errcode)
+            for row in work.rows:
+                work.outcomes[row.id] = _Outcome("failed", exc.errcode, "the chat no longer exists")
+            _write_outcomes(engine, work)
+            work.notes.append("chat_gone")
+            return False
+        raise
+    for u in chat.get("userlist") or ():
+        if isinstance(u, str) and u:
+            work.current.setdefault(fold(u), u)
+    work.chat_owner = str(chat.get("owner") or "")
+    refresh_chat_members(engine, group.id, list(work.current.values()))
+    return True
+
+
+def _settle(engine: sa.Engine, work: _Apply) -> None:
+    """Skip what is already so; cancel what is no longer wanted (rehired, gone)."""
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        people = people_status(conn, [r.userid for r in work.rows])
+    owner_rows = [r for r in work.rows if r.action == "owner"]
+    latest_owner = owner_rows[-1].id if owner_rows else None
+    for row in work.rows:
+        folded = row.userid_folded or fold(row.userid)
+        person = people.get(folded)
+        status = person[2] if person else None
+        if row.action == "remove":
+            if folded not in work.current:
+                work.outcomes[row.id] = _Outcome("skipped", None, "not in the chat any more")
+            elif row.reason in REHIRE_REASONS and status == ACTIVE and row.source != "offboarding":
+                work.outcomes[row.id] = _Outcome("cancelled", None, "active in the directory again (rehired)")
+        elif row.action == "add":
+            if folded in work.current:
+                work.outcomes[row.id] = _Outcome("skipped", None, "already in the chat")
+            elif status in (LEFT, DISABLED):
+                work.outcomes[row.id] = _Outcome("cancelled", None, "no longer active in the directory")
+        elif row.action == "owner":
+            if row.id != latest_owner:
+                work.outcomes[row.id] = _Outcome("cancelled", None, "replaced by a later owner change")
+            elif work.chat_owner and fold(work.chat_owner) == folded:
+                work.outcomes[row.id] = _Outcome("skipped", None, "already the owner")
+            elif status != ACTIVE:
+                work.outcomes[row.id] = _Outcome("cancelled", None, "the new owner is not active")
+        else:
+            work.outcomes[row.id] = _Outcome("failed", None, f"unknown action {row.action!r}")
+
+
+@dataclass
+class _Call:
+    """The ``appchat/update`` of one chat, with the retry around unknown member ids."""
+
+    engine: sa.Engine
+    work: _Apply
+    adds: list[Any]  # add rows
+    dels: list[Any]  # remove rows
+    owner: str | None
+    owner_row: Any | None
+    owner_add: bool  # the new owner is not in the chat: added by the same call
+    people: dict[str, tuple[str, str, int]]
+
+    @classmethod
+    def build(cls, engine: sa.Engine, settings: Any, work: _Apply, live: list[Any]) -> _Call:
+        adds = [r for r in live if r.action == "add"]
+        dels = [r for r in live if r.action == "remove"]
+        owner_rows = [r for r in live if r.action == "owner"]
+        owner_row = owner_rows[-1] if owner_rows else None
+        owner = owner_row.userid if owner_row is not None else None
+        removing = {r.userid_folded for r in dels}
+        chat_owner = fold(work.chat_owner) if work.chat_owner else ""
+        if owner is None and chat_owner and chat_owner in removing:
+            owner = _choose_owner(engine, settings, work, dels, adds)
+            if owner is None:
+                # No one can take over: the owner stays, the rest goes ahead.
+                kept = [r for r in dels if r.userid_folded == chat_owner]
+                dels = [r for r in dels if r.userid_folded != chat_owner]
+                _owner_needed(engine, work)
+                work.notes.append(f"owner_needed: {len(kept)} removal(s) of the owner left pending")
+            else:
+                work.chosen_owner = owner
+        if owner is not None:
+            # A removal of the new owner cannot go together with making them owner.
+            dels = [r for r in dels if r.userid_folded != fold(owner)]
+        owner_add = bool(owner) and fold(owner) not in work.current
+        if owner_add:
+            adds = [r for r in adds if r.userid_folded != fold(owner)]  # the owner change adds them
+        with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            people = people_status(conn, [r.userid for r in adds] + ([owner] if owner else []))
+        return cls(engine, work, adds, dels, owner, owner_row, owner_add, people)
+
+    def run(self, client: Any, step: Step | None) -> None:
+        carry = bool(self.dels or self.owner)
+        if not (self.adds or carry):
+            return
+        adds = list(self.adds)
+        result = self._send(client, step, adds, carry)
+        if result is None:
+            return
+        if result not in BAD_MEMBER_CODES or not adds:
+            return
+        suspects = [r for r in adds if not self._known_active(r.userid)]
+        if suspects:
+            for r in suspects:
+                self.work.outcomes[r.id] = _Outcome("failed", result, "unknown or inactive member id")
+            adds = [r for r in adds if r not in suspects]
+            if not adds and not carry:
+                return
+            result = self._send(client, step, adds, carry)
+            if result is None or result not in BAD_MEMBER_CODES or not adds:
+                return
+        self._bisect(client, step, adds, carry, result)
+
+    def _bisect(self, client: Any, step: Step | None, adds: list[Any], carry: bool, errcode: int) -> bool:
+        """The call with ``adds`` failed on a bad id: find it by halves. Returns True once the carried
+        removals and owner went through."""
+        if len(adds) == 1:
+            self.work.outcomes[adds[0].id] = _Outcome("failed", errcode, "WeCom refused this member id")
+            if carry:
+                return self._send(client, step, [], True) is None
+            return False
+        half = len(adds) // 2
+        done = False
+        for part in (adds[:half], adds[half:]):
+            result = self._send(client, step, part, carry and not done)
+            if result is None:
+                done = done or carry
+            elif result in BAD_MEMBER_CODES:
+                done = self._bisect(client, step, part, carry and not done, result) or done
+        return done
+
+    def _known_active(self, userid: str) -> bool:
+        person = self.people.get(fold(userid))
+        return person is not None and person[2] == ACTIVE
+
+    def _send(self, client: Any, step: Step | None, adds: list[Any], carry: bool) -> int | None:
+        """One ``appchat/update``; None on success (rows recorded), else the errcode (rows not yet failed,
+        unless the errcode is not about member ids)."""
+        from wecom_plugin.wecom.api import appchat
+
+        add_ids = [r.userid for r in adds]
+        dels = self.dels if carry else []
+        owner = self.owner if carry else None
+        if carry and self.owner_add and self.owner:
+            add_ids.append(self.owner)
+        if not (add_ids or dels or owner):
+            return None
+        chatid = self.work.group.chatid
+        self.work.calls += 1
+
+        def action() -> dict[str, Any]:
+            try:
+                appchat.update(
+                    client, chatid, owner=owner, add_user_list=add_ids, del_user_list=[r.userid for r in dels]
+                )
+            except WeComApiError as exc:  # WeCom refused: nothing was applied
+                return {"ok": False, "errcode": exc.errcode, "error": str(exc)[:500]}
+            return {"ok": True, "add": add_ids, "del": [r.userid for r in dels], "owner": owner}
+
+        if step is None:
+            answer = action()
+        else:
+            digest = hashlib.sha256(repr((sorted(add_ids), sorted(r.id for r in dels), owner)).encode()).hexdigest()[
+                :12
+            ]
+            answer = step(f"appchat/update:{self.work.group.id}:{digest}", action)
+        if answer is None:  # the step's outcome is unknown (a crash, a timeout after sending)
+            raise UpdateOutcomeUnknown(f"appchat/update of chat {chatid}: outcome unknown; re-read at the next attempt")
+        touched = list(adds) + (list(dels) + ([self.owner_row] if self.owner_row is not None else []) if carry else [])
+        if answer.get("ok"):
+            for r in touched:
+                self.work.outcomes[r.id] = _Outcome("applied")
+            for u in add_ids:
+                self.work.current.setdefault(fold(u), u)
+            for r in dels:
+                self.work.current.pop(r.userid_folded, None)
+            if owner:
+                self.work.chat_owner = owner
+            return None
+        errcode = int(answer.get("errcode") or 0)
+        error = str(answer.get("error") or "")
+        if errcode == codes.APPCHAT_NOT_CREATOR:
+            with Session(self.engine) as session, session.begin():
+                action_id = not_created_by_app(session, self.work.group, source="apply")
+            for r in self.work.rows:
+                if r.id not in self.work.outcomes or self.work.outcomes[r.id].state not in ("applied", "skipped"):
+                    self.work.outcomes[r.id] = _Outcome("manual", errcode, f"manual action #{action_id}")
+            return errcode
+        if errcode in BAD_MEMBER_CODES and adds:
+            return errcode
+        for r in touched:
+            self.work.outcomes[r.id] = _Outcome("failed", errcode, error)
+        return errcode
+
+
+def _choose_owner(engine: sa.Engine, settings: Any, work: _Apply, dels: list[Any], adds: list[Any]) -> str | None:
+    view = load_view(engine)
+    try:
+        facts = group_facts(work.group, [], {})
+    except RuleError:
+        return None
+    staying = set(work.current) - {r.userid_folded for r in dels} | {r.userid_folded for r in adds}
+    leaders = view.department_leaders(work.group.department_id)
+    return pick_owner(facts, staying, view.directory, leaders, policy_for(settings))
+
+
+def _owner_needed(engine: sa.Engine, work: _Apply) -> None:
+    group = work.group
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(MANUAL.c.id).where(
+                MANUAL.c.kind == "owner_needed", MANUAL.c.group_id == group.id, MANUAL.c.state == "open"
+            )
+        ).scalar()
+        if exists is None:
+            conn.execute(
+                sa.insert(MANUAL).values(
+                    kind="owner_needed", group_id=group.id, chat_ref=group.chatid, userid=work.chat_owner,
+                    assignee=(list(group.admins or ()) or [None])[0], state="open", created_at=utcnow(),
+                    detail={"zh": f"群「{group.name}」的群主需移出，但没有合适的新群主，请指定",
+                            "en": f"Chat {group.name!r}: its owner must leave but nobody can take over; choose one"},
+                )
+            )  # fmt: skip
+
+
+def _write_outcomes(engine: sa.Engine, work: _Apply) -> None:
+    if not work.outcomes:
+        return
+    by_id = {r.id: r for r in work.rows}
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        for row_id, outcome in work.outcomes.items():
+            row = by_id.get(row_id)
+            if row is None:
+                continue
+            values: dict[str, Any] = {"state": outcome.state, "errcode": outcome.errcode, "error": outcome.error}
+            if outcome.state == "applied":
+                values["applied_at"] = now
+            if outcome.state in ("applied", "failed", "manual"):
+                values["attempts"] = (row.attempts or 0) + 1
+            changed = session.execute(
+                sa.update(CHANGE).where(CHANGE.c.id == row_id, CHANGE.c.state == "pending").values(**values)
+            ).rowcount
+            if not changed:
+                continue
+            actor = ACTOR if row.source == "check" else f"system:{row.source}"
+            audit.record(
+                actor, f"groups.change.{outcome.state}", target=f"chat_change:{row_id}",
+                reason=row.reason,
+                outcome={"applied": "success", "skipped": "noop", "cancelled": "noop"}.get(outcome.state, "failure"),
+                detail={"group_id": row.group_id, "chatid": work.group.chatid, "userid": row.userid,
+                        "action": row.action, "errcode": outcome.errcode, "error": outcome.error},
+                session=session,
+            )  # fmt: skip
+
+
+def _record(app: Any, engine: sa.Engine, work: _Apply) -> None:
+    """Write every outcome, the members as now known, a chosen owner, and queue the notices."""
+    _write_outcomes(engine, work)
+    refresh_chat_members(engine, work.group.id, list(work.current.values()))
+    by_id = {r.id: r for r in work.rows}
+    removed = [by_id[i] for i, o in work.outcomes.items() if o.state == "applied" and by_id[i].action == "remove"]
+    with Session(engine) as session, session.begin():
+        if work.chosen_owner and work.calls and fold(work.chat_owner or "") == fold(work.chosen_owner):
+            source = next((r.source for r in work.rows if r.action == "remove"), "check")
+            session.execute(
+                sa.insert(CHANGE).values(
+                    group_id=work.group.id, userid=work.chosen_owner, userid_folded=fold(work.chosen_owner),
+                    action="owner", reason=OWNER_REASON, detail=f"previous owner: {work.group.owner or '-'}",
+                    source=source, priority=0 if source == "offboarding" else 1, state="applied",
+                    attempts=1, created_at=utcnow(), applied_at=utcnow(),
+                )
+            )  # fmt: skip
+            audit.record(ACTOR, "groups.change.applied", target=f"group:{work.group.id}", reason=OWNER_REASON,
+                         detail={"action": "owner", "userid": work.chosen_owner}, session=session)  # fmt: skip
+            if fold(work.group.owner or "") != fold(work.chosen_owner):
+                _registry_owner(session, work.group.id, work.chosen_owner, work.group.owner or "")
+        if removed:
+            from wecom_plugin.runtime.queue import enqueue
+
+            ids = sorted(r.id for r in removed)
+            key = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+            enqueue("groups.notify", {"kind": "removed", "change_ids": ids},
+                    dedupe_key=f"groups.notify:removed:{work.group.id}:{key}", session=session)  # fmt: skip
+
+
+def _registry_owner(session: Session, group_id: int, new_owner: str, old_owner: str) -> None:
+    try:
+        from wecom_plugin.services import group_registry
+    except ModuleNotFoundError as exc:
+        if exc.name != "wecom_plugin.services.group_registry":
+            raise
+        log.warning("group %s: owner re-homed in the chat only (no registry service)", group_id)
+        return
+    reason = (
+        f"群主 {old_owner or '-'} 被移出，改由 {new_owner} 担任 / "
+        f"owner {old_owner or '-'} removed; {new_owner} takes over"
+    )
+    try:
+        with session.begin_nested():
+            group_registry.update_group(
+                session, group_id, {"owner": new_owner}, actor=ACTOR, action="owner_rehomed", reason=reason
+            )
+    except ValueError as exc:  # RegistryError: the chat has its new owner; the registry refused to record it
+        log.warning("group %s: the registry refused the new owner %s: %s", group_id, new_owner, exc)
+
+
+def _summary(work: _Apply) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for outcome in work.outcomes.values():
+        counts[outcome.state] = counts.get(outcome.state, 0) + 1
+    out: dict[str, Any] = {"outcomes": counts, "calls": work.calls}
+    if work.chosen_owner:
+        out["owner"] = work.chosen_owner
+    failed = {
+        r.userid: work.outcomes[r.id].errcode
+        for r in work.rows
+        if r.id in work.outcomes and work.outcomes[r.id].state == "failed"
+    }
+    if failed:
+        out["failed"] = failed
+    if work.notes:
+        out["notes"] = list(work.notes)
+    return out

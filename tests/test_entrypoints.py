@@ -82,6 +82,20 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
             )  # fmt: skip
             return json.loads(out.stdout) if out.returncode == 0 else None
 
+        # Group governance: the demo's two registered groups are approved at start and the worker
+        # creates their chats (owned by our app) and posts the welcome in them.
+        def governed_chats() -> list[dict]:
+            chats = requests.get(f"{sandbox}/chats", timeout=5).json()["chats"]
+            return [c for c in chats if c["name"] in ("信息技术部值班群", "财务部工作群")]
+
+        procs.wait_for(lambda: len(governed_chats()) == 2, 60, interval=0.5, what="the demo's governed chats")
+
+        def welcomed() -> bool:
+            messages = requests.get(f"{sandbox}/messages", params={"path": "appchat"}, timeout=5).json()["messages"]
+            return sum("实名" in str(m.get("content")) for m in messages) >= 2
+
+        procs.wait_for(welcomed, 30, interval=0.5, what="the welcome messages in the governed chats")
+
         leaver = requests.get(f"{sandbox}/org", timeout=5).json()["users"][3]["userid"]
         procs.wait_for(lambda: show(leaver) is not None, 60, interval=0.5, what="the first directory sync")
         assert requests.post(f"{sandbox}/directory/depart", json={"userid": leaver}, timeout=5).ok

@@ -9,13 +9,19 @@ feature; today it shows:
   worker, through the WeCom transport (shared token, budget), to the heads of 信息技术部 as an
   app message, visible on the tenant's page;
 * the tenant's callbacks reaching the plugin's receivers: a directory change made through the
-  tenant's admin API (hire, depart...) is verified, stored in the plugin's inbox and dispatched.
+  tenant's admin API (hire, depart...) is verified, stored in the plugin's inbox and dispatched;
+* group governance: two registered groups (信息技术部 and 财务部, 备案 with purpose, rule and admins)
+  requested and approved by their department leaders, their chats created by the plugin with a
+  welcome message, the general office (综合办公室) told, and a member check queued (a new group's
+  first check is a dry run). The demo runs in enforce mode against the sandbox; a real install
+  starts in observe mode (GOVERNANCE_MODE).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -24,6 +30,18 @@ log = logging.getLogger("wecom_plugin.demo")
 
 DEMO_ORG = "generated:200:7"
 IT_DEPARTMENT = "信息技术部"
+GENERAL_OFFICE = "综合办公室"
+# The demo's governed groups: (department, group name, purpose, content scope, confidentiality, quiet windows).
+DEMO_GROUPS = (
+    (
+        IT_DEPARTMENT, "信息技术部值班群", "部门日常工作沟通与值班通报",
+        "系统运维、开发进度、安全通报；不得发布与工作无关内容", "normal", ["12:00-13:30"],
+    ),
+    (
+        "财务部", "财务部工作群", "财务工作安排与报表通报",
+        "预算、报销、月结事项；涉密数据不得在群内发送", "confidential", ["12:00-13:30", "18:00-21:00"],
+    ),
+)  # fmt: skip
 
 
 def it_admins(app: Flask) -> list[str]:
@@ -42,6 +60,72 @@ def it_admins(app: Flask) -> list[str]:
         return [u["userid"] for u in user.list_users(client, it["id"]) if u.get("status") == 1][:1]
 
 
+def department_leaders(app: Flask, name: str) -> list[str]:
+    """The leaders of the department called ``name`` in the tenant (its first active member if none)."""
+    from wecom_plugin.services.wecom import client_for
+    from wecom_plugin.wecom.api import department, user
+
+    with client_for(app) as client:
+        found = next((d for d in department.list_departments(client) if d.get("name") == name), None)
+        if found is None:
+            return []
+        leaders = [str(u) for u in found.get("department_leader") or []]
+        return leaders or [u["userid"] for u in user.list_users(client, found["id"]) if u.get("status") == 1][:1]
+
+
+def seed_groups(app: Flask) -> list[dict[str, Any]]:
+    """Fill the mirror, then request and approve the demo's groups as their department leaders would.
+
+    Approval queues ``groups.create_chat``: the worker creates each chat, posts the welcome and tells
+    the general office. A member check is queued a little later (the first one is a dry run).
+    Returns what was registered (for the banner); a group that cannot be registered is logged and
+    skipped, so the demo still starts.
+    """
+    import sqlalchemy as sa
+
+    from wecom_plugin.extensions import db
+    from wecom_plugin.models.directory import Department, Person
+    from wecom_plugin.runtime.queue import enqueue
+    from wecom_plugin.services import group_registry
+    from wecom_plugin.services.directory_sync import run_sync
+
+    run_sync(app, trigger="demo")  # a 200-person tenant: well under a second
+    seeded: list[dict[str, Any]] = []
+    with app.app_context():
+        for dept_name, name, purpose, scope, confidentiality, quiet in DEMO_GROUPS:
+            dept = db.session.execute(sa.select(Department).where(Department.name == dept_name)).scalar_one_or_none()
+            if dept is None:
+                continue
+            leaders = [u for u in dept.leaders or []] or [
+                p.userid
+                for p in db.session.scalars(sa.select(Person).where(Person.status == 1).order_by(Person.id)).all()
+                if dept.id in (p.departments or [])
+            ][:1]
+            if not leaders:
+                continue
+            leader = leaders[0]
+            try:
+                group = group_registry.request_group(
+                    db.session, name=name, purpose=purpose, content_scope=scope, department_id=dept.id,
+                    requested_by=leader, owner=leader, admins=[leader],
+                    rule_doc={"required": {"departments": [{"id": dept.id, "children": True}]}},
+                    confidentiality=confidentiality, quiet_windows=quiet, actor="demo",
+                )  # fmt: skip
+                db.session.flush()
+                group_registry.decide(db.session, group.id, approve=True, actor_userid=leader, reason="演示 demo")
+                db.session.commit()
+            except group_registry.RegistryError as exc:
+                db.session.rollback()
+                log.warning("demo group %s not registered: %s", name, exc)
+                continue
+            seeded.append({"id": group.id, "name": name, "owner": leader})
+        if seeded:
+            later = timedelta(seconds=15)  # after the worker has created the chats
+            enqueue("groups.check", {"trigger": "demo"}, dedupe_key=f"demo-check:{time.time():.0f}", run_after=later)
+            db.session.commit()
+    return seeded
+
+
 def start(
     *, host: str, port: int, sandbox_port: int, org: str = DEMO_ORG, worker_threads: int = 1, extra: dict | None = None
 ) -> None:
@@ -50,7 +134,6 @@ def start(
     from wecom_plugin.emulator.cli import start_sandbox, stop_sandbox
     from wecom_plugin.extensions import db
     from wecom_plugin.jobs.runner import run_all_in_one
-    from wecom_plugin.runtime.queue import enqueue
     from wecom_plugin.services.alerts import raise_alert
 
     plugin = f"http://{host}:{port}"
@@ -64,11 +147,14 @@ def start(
         contact_callback_url=f"{plugin}/wecom/callback/contacts",
     )
     try:
-        overrides: dict[str, Any] = {**creds.env(), **(extra or {})}
+        overrides: dict[str, Any] = {**creds.env(), "GOVERNANCE_MODE": "enforce", **(extra or {})}
         app = create_app(overrides)
         admins = it_admins(app)
-        if admins:
-            app = create_app({**overrides, "ALERT_WECOM_USERIDS": ",".join(admins)})
+        office = department_leaders(app, GENERAL_OFFICE)
+        if admins or office:
+            overrides["ALERT_WECOM_USERIDS"] = ",".join(admins)
+            overrides["GENERAL_OFFICE_USERIDS"] = ",".join(office)
+            app = create_app(overrides)
         with app.app_context():
             raise_alert(
                 f"demo.started:{creds.corp_id}:{time.time():.0f}",
@@ -77,16 +163,15 @@ def start(
                 title_en="Demo started: a test alert, delivered by the worker as a WeCom app message",
                 detail={"recipients": admins},
             )
-            # Fill the directory mirror now rather than at the first hourly reconciliation.
-            enqueue("directory.sync", {"trigger": "demo"}, dedupe_key=f"demo-sync:{time.time():.0f}")
             db.session.commit()
-        print(_banner(host, port, creds, admins), flush=True)
+        groups = seed_groups(app)
+        print(_banner(host, port, creds, admins, groups), flush=True)
         run_all_in_one(app, host=host, port=port, worker_threads=worker_threads)
     finally:
         stop_sandbox(server, thread)
 
 
-def _banner(host: str, port: int, creds: Any, admins: list[str]) -> str:
+def _banner(host: str, port: int, creds: Any, admins: list[str], groups: list[dict[str, Any]] = ()) -> str:
     plugin = f"http://{host}:{port}"
     return "\n".join(
         [
@@ -104,6 +189,11 @@ def _banner(host: str, port: int, creds: Any, admins: list[str]) -> str:
             "       departed within seconds: `WECOM_SANDBOX=true .venv/bin/wecom-plugin directory show USERID`.",
             "  目录镜像 directory mirror: `WECOM_SANDBOX=true .venv/bin/wecom-plugin directory status`"
             " (synced at start, reconciled every DIRECTORY_SYNC_MINUTES).",
+            "  受管群 governed groups (执行模式 enforce mode, sandbox only): "
+            + (", ".join(f"#{g['id']} {g['name']} (群主 owner {g['owner']})" for g in groups) or "-"),
+            "    -> chats created on approval, welcome posted, 综合办公室 told; see the tenant UI.",
+            "    `WECOM_SANDBOX=true .venv/bin/wecom-plugin groups list` · `groups show ID --history` ·"
+            " `groups audit --group ID` · `groups changes`",
             "  停止 stop: Ctrl-C",
             "",
         ]

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 import sqlalchemy as sa
@@ -84,6 +86,22 @@ def print_report(report: dict) -> None:
         click.echo(f"错误 error: {report['error']}")
 
 
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """Any refusal or WeCom/runtime failure ends in one line (exit code 1), never a traceback."""
+    from wecom_plugin.errors import PluginError, describe_error
+    from wecom_plugin.services.membership_check import CheckBusy, CheckError
+
+    try:
+        yield
+    except CheckBusy as exc:
+        raise click.ClickException(f"另一个检查正在运行 / {exc}") from None
+    except CheckError as exc:
+        raise click.ClickException(str(exc)) from None
+    except PluginError as exc:
+        raise click.ClickException(f"企业微信调用失败 / WeCom call failed: {describe_error(exc)}") from None
+
+
 @groups_group.command("audit")
 @click.option("--group", "group_id", type=int, default=None, help="Only this group.")
 @click.option("--dry-run", is_flag=True, help="Record what would change, change nothing (even in enforce mode).")
@@ -91,12 +109,10 @@ def print_report(report: dict) -> None:
 @with_appcontext
 def groups_audit(group_id: int | None, dry_run: bool, as_json: bool) -> None:
     """Run the member check now (每日检查): compare every governed chat with its rule and plan changes."""
-    from wecom_plugin.services.membership_check import CheckBusy, run_check
+    from wecom_plugin.services.membership_check import run_check
 
-    try:
+    with _one_line():
         report = run_check(current_app._get_current_object(), trigger="cli", group_id=group_id, dry_run=dry_run)
-    except CheckBusy as exc:
-        raise click.ClickException(f"另一个检查正在运行 / {exc}") from None
     view = report.as_dict()
     echo_json(view) if as_json else print_report(view)
     if report.braked:
@@ -109,12 +125,10 @@ def groups_audit(group_id: int | None, dry_run: bool, as_json: bool) -> None:
 @with_appcontext
 def groups_preview(group_id: int, as_json: bool) -> None:
     """Who the group's rule puts in the chat, and the difference from the chat now (read-only)."""
-    from wecom_plugin.services.membership_check import CheckError, preview
+    from wecom_plugin.services.membership_check import preview
 
-    try:
+    with _one_line():
         view = preview(current_app._get_current_object(), group_id)
-    except CheckError as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         echo_json(view)
         return
@@ -218,7 +232,8 @@ def groups_apply(group_id: int | None, as_json: bool) -> None:
     """Apply pending membership changes now (respects the mode, the kill switch and the budget)."""
     from wecom_plugin.services.chat_changes import apply_pending
 
-    result = apply_pending(current_app._get_current_object(), group_id=group_id)
+    with _one_line():
+        result = apply_pending(current_app._get_current_object(), group_id=group_id)
     if as_json:
         echo_json(result)
         return

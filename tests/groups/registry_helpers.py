@@ -19,7 +19,9 @@ DEV = 8  # 开发组: weikaian (leader), shitonglu, leiting
 
 
 def setup_app(make_app, db_url: str, emulator, **extra: Any):
-    """The plugin on ``db_url`` talking to the sandbox tenant, with the mirror synced."""
+    """The plugin on ``db_url`` talking to the sandbox tenant, with the mirror synced; enforce mode
+    unless ``GOVERNANCE_MODE`` is given (chats are created only in enforce mode)."""
+    extra.setdefault("GOVERNANCE_MODE", "enforce")
     app = make_app(
         DATABASE_URL=db_url,
         WECOM_API_BASE_URL=emulator.url,

@@ -3,6 +3,7 @@ person's confirmation (audited) lets the next run apply it, but not a plan that 
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from wecom_plugin.extensions import db
@@ -52,10 +53,9 @@ def test_a_rule_edit_that_would_empty_a_chat_stops_until_a_person_confirms(tenan
     assert alerts(tenant_app, "groups.brake")[0].count == 2
 
     with tenant_app.app_context():
-        try:
+        with pytest.raises(CheckError, match="not braked"):
             confirm_check(db.session, 1, "user:王磊", "不该刹车的检查")
-        except CheckError as exc:
-            assert "not braked" in str(exc)
+        db.session.rollback()
         confirm_check(db.session, braked.check_id, "user:王磊", "规则改了，确认移出")
         db.session.commit()
     [confirmed] = audits(tenant_app, "groups.brake.confirm")

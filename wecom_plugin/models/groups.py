@@ -161,6 +161,16 @@ class MembershipCheck(Base):
     """
 
     __tablename__ = "membership_check"
+    __table_args__ = (
+        # One running check at a time, on every database (a second start gets CheckBusy).
+        sa.Index(
+            "uq_membership_check_running",
+            "state",
+            unique=True,
+            sqlite_where=sa.text("state = 'running'"),
+            postgresql_where=sa.text("state = 'running'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     trigger: Mapped[str] = mapped_column(sa.String(32))
@@ -174,6 +184,23 @@ class MembershipCheck(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     confirmed_by: Mapped[str | None] = mapped_column(sa.String(128))
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ChatApplyLease(Base):
+    """The claim of one chat by the process applying its changes (``chat_changes.apply_chat``).
+
+    Taken by insert (or compare-and-set on an expired one) before the chat is re-read; ``token``
+    fences the holder: every later write checks it. A second applier, or a check planning the
+    chat, finds the live claim and leaves the chat alone; an expired claim (a crashed process)
+    is taken over and the chat re-read first.
+    """
+
+    __tablename__ = "chat_apply_lease"
+
+    group_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    token: Mapped[str] = mapped_column(sa.String(32))
+    holder: Mapped[str] = mapped_column(sa.String(128), default="")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Offboarding(Base):

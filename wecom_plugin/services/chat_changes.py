@@ -32,27 +32,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import secrets
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from wecom_plugin.domain.directory import ACTIVE, DISABLED, LEFT, fold
-from wecom_plugin.domain.membership import RuleError, pick_owner
+from wecom_plugin.domain.membership import RuleError, evaluate, pick_owner
 from wecom_plugin.errors import RetryableError
 from wecom_plugin.models.base import utcnow
+from wecom_plugin.models.dbtime import db_now
+from wecom_plugin.models.groups import ChatApplyLease
 from wecom_plugin.services import audit
-from wecom_plugin.services.directory_view import load_view, people_status
+from wecom_plugin.services.directory_view import load_view, mirror_problem, people_status
 from wecom_plugin.services.governance_switches import effective
 from wecom_plugin.services.membership_check import (
     ACTOR,
     CHANGE,
+    CHECK,
     GONE_CODES,
     GROUP,
     MANUAL,
     OWNER_REASON,
+    _exemptions,
+    _open_warns,
     chat_gone_alert,
     group_facts,
     not_created_by_app,
@@ -68,6 +78,11 @@ log = logging.getLogger("wecom_plugin.groups")
 BAD_MEMBER_CODES = frozenset({codes.USERID_NOT_FOUND, codes.APPCHAT_INVALID_MEMBER_ID, codes.APPCHAT_INVALID_MEMBER})
 REHIRE_REASONS = frozenset({"departed", "disabled", "not_in_directory", "offboarding_cancelled"})
 Step = Callable[[str, Callable[[], Any]], Any]
+LEASE = ChatApplyLease.__table__
+LEASE_SECONDS = 300  # an apply's claim on a chat; renewed before every call
+MAX_CALLS = 10  # appchat/update calls per apply (each costs one of the 1,000/h); the rest waits
+MAX_MEMBERS = 2000  # contract §3.1: a chat holds at most 2,000 (we count the userlist)
+MIN_MEMBERS = 1  # creation needs 2; an update only ≤2000 (contract §3.2): never empty a chat
 
 
 class UpdateOutcomeUnknown(RetryableError):
@@ -122,6 +137,8 @@ class _Apply:
     chosen_owner: str | None = None  # picked here (no owner change was planned)
     calls: int = 0
     notes: list[str] = field(default_factory=list)
+    token: str = ""  # the claim's fence token
+    held: set[int] = field(default_factory=set)  # row ids left pending on purpose (untrusted mirror)
 
 
 def apply_chat(
@@ -146,7 +163,6 @@ def apply_chat(
 
 
 def _apply_chat(app: Any, group_id: int, guard: Callable[[], None] | None, step: Step | None) -> dict[str, Any]:
-    from wecom_plugin.services.wecom import client_for
 
     settings = app.extensions["wecom_settings"]
     engine = _engine(app)
@@ -157,31 +173,192 @@ def _apply_chat(app: Any, group_id: int, guard: Callable[[], None] | None, step:
     result: dict[str, Any] = {"group_id": group_id, "pending": len(rows)}
     if group is None or not rows:
         return {**result, "state": "nothing"}
+    if group.status != "active":
+        token = _claim(engine, group_id)
+        if token is None:
+            return {**result, "state": "busy", "reason": "another process is applying this chat"}
+        try:
+            n = _cancel_all(engine, group, f"the group is {group.status}: no longer governed")
+        finally:
+            _release(engine, group_id, token)
+        return {**result, "state": "cancelled", "reason": f"group {group.status}", "cancelled": n}
     if not switches.may_change_chats:
         return {**result, "state": "held", "reason": _held(switches)}
     if not group.chatid:
         return {**result, "state": "held", "reason": "the group has no chat"}
-    work = _Apply(group, rows)
+    token = _claim(engine, group_id)
+    if token is None:
+        return {**result, "state": "busy", "reason": "another process is applying this chat"}
+    try:
+        with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            group = conn.execute(sa.select(GROUP).where(GROUP.c.id == group_id)).first()
+            rows = _pending(conn, group_id)  # re-read under the claim: another applier may have finished
+            braked = _braked(conn, group_id)
+        if braked:  # the latest check is braked for this chat: its rows wait for a confirmation
+            rows = [r for r in rows if r.source != "check"]
+            if not rows:
+                return {**result, "state": "held", "reason": "brake: waiting for a confirmation"}
+        if group is None or group.status != "active" or not rows:
+            return {**result, "state": "nothing"}
+        work = _Apply(group, rows, token=token)
+        return _apply_claimed(app, engine, settings, work, guard, step, result)
+    finally:
+        _release(engine, group_id, token)
+
+
+class _Held(Exception):
+    """The kill switch or the mode changed right before a call: stop, the rest stays pending."""
+
+
+class _CapReached(Exception):
+    """This apply made its share of calls: the rest stays pending for the next attempt."""
+
+
+def _apply_claimed(
+    app: Any,
+    engine: sa.Engine,
+    settings: Any,
+    work: _Apply,
+    guard: Callable[[], None] | None,
+    step: Step | None,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    from wecom_plugin.services.wecom import client_for
+
     client = client_for(app, guard=guard)
     try:
         if not _reread(engine, client, work):
             return {**result, **_summary(work), "state": work.notes[-1] if work.notes else "failed"}
         _settle(engine, work)
-        live = [r for r in work.rows if r.id not in work.outcomes]
+        _reevaluate(engine, settings, work)
+        live = [r for r in work.rows if r.id not in work.outcomes and r.id not in work.held]
         if not live:
             _record(app, engine, work)
             return {**result, **_summary(work), "state": "settled"}
         plan = _Call.build(engine, settings, work, live)
-        with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
-            switches = effective(conn, settings.governance_mode)
-        if not switches.may_change_chats:  # thrown while we were reading: stop before calling
+        try:
+            plan.run(client, step)
+        except _Held as held:
             _record(app, engine, work)
-            return {**result, **_summary(work), "state": "held", "reason": _held(switches)}
-        plan.run(client, step)
+            return {**result, **_summary(work), "state": "held", "reason": str(held)}
+        except BaseException:
+            # What the calls that went through did must not be lost (budget, rate limit, network...).
+            try:
+                _record(app, engine, work)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                log.exception("group %s: recording the outcomes after a failure failed", work.group.id)
+            raise
     finally:
         client.close()
     _record(app, engine, work)
     return {**result, **_summary(work), "state": "applied" if work.calls else "settled"}
+
+
+# --- the claim (one applier per chat) -------------------------------------------------------------
+def _claim(engine: sa.Engine, group_id: int) -> str | None:
+    """Claim the chat for this apply: a fence token, or None when another live claim holds it."""
+    token = secrets.token_hex(16)
+    now = utcnow()
+    until = now + timedelta(seconds=LEASE_SECONDS)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(LEASE).values(group_id=group_id, token=token, holder=_holder(), expires_at=until))
+        return token
+    except sa.exc.IntegrityError:
+        pass
+    with engine.begin() as conn:  # an expired claim (a crashed process) is taken over
+        taken = conn.execute(
+            sa.update(LEASE)
+            .where(LEASE.c.group_id == group_id, LEASE.c.expires_at < now)
+            .values(token=token, holder=_holder(), expires_at=until)
+        ).rowcount
+    return token if taken == 1 else None
+
+
+def _renew(engine: sa.Engine, work: _Apply) -> None:
+    """Right before a call: still ours? (compare-and-set on the token), and extend it."""
+    with engine.begin() as conn:
+        ours = conn.execute(
+            sa.update(LEASE)
+            .where(LEASE.c.group_id == work.group.id, LEASE.c.token == work.token)
+            .values(expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS))
+        ).rowcount
+    if ours != 1:
+        raise _Held("the claim on this chat was lost")
+
+
+def _release(engine: sa.Engine, group_id: int, token: str) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(LEASE).where(LEASE.c.group_id == group_id, LEASE.c.token == token))
+    except Exception:  # noqa: BLE001 - it expires anyway
+        log.exception("group %s: releasing the apply claim failed", group_id)
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:128]
+
+
+def claimed_groups(conn: Any) -> set[int]:
+    """Groups an apply holds right now (a check planning leaves their pending rows alone)."""
+    return set(conn.execute(sa.select(LEASE.c.group_id).where(LEASE.c.expires_at >= utcnow())).scalars())
+
+
+def _braked(conn: Any, group_id: int) -> bool:
+    """Is this chat held by the brake of the latest finished check (not yet confirmed)?"""
+    latest = conn.execute(
+        sa.select(CHECK.c.state, CHECK.c.report)
+        .where(CHECK.c.state.not_in(("running", "failed", "abandoned")))
+        .order_by(CHECK.c.id.desc())
+        .limit(1)
+    ).first()
+    if latest is None or latest.state != "braked":
+        return False
+    for entry in (latest.report or {}).get("groups", []):
+        if entry.get("group_id") == group_id and entry.get("planned") == "braked":
+            return True
+    return False
+
+
+def _cancel_all(engine: sa.Engine, group: Any, why: str) -> int:
+    with Session(engine) as session, session.begin():
+        return cancel_pending(session, group.id, why, sources=None)
+
+
+def cancel_pending(
+    session: Session,
+    group_id: int,
+    why: str,
+    *,
+    sources: tuple[str, ...] | None = ("check",),
+    userid: str | None = None,
+) -> int:
+    """Cancel a group's pending rows (of ``sources``; None: all), audited; the caller commits.
+
+    Used when the group is archived, a rule changes or a member is exempted: what a check planned
+    before is no longer wanted (the next check plans again from the current rule).
+    """
+    query = sa.select(CHANGE.c.id, CHANGE.c.userid, CHANGE.c.action, CHANGE.c.source, CHANGE.c.reason).where(
+        CHANGE.c.group_id == group_id, CHANGE.c.state == "pending"
+    )
+    if sources is not None:
+        query = query.where(CHANGE.c.source.in_(sources))
+    if userid is not None:
+        query = query.where(CHANGE.c.userid_folded == fold(userid))
+    count = 0
+    for row in session.execute(query).all():
+        done = session.execute(
+            sa.update(CHANGE)
+            .where(CHANGE.c.id == row.id, CHANGE.c.state == "pending")
+            .values(state="cancelled", error=why[:500])
+        ).rowcount
+        if done:
+            count += 1
+            actor = ACTOR if row.source == "check" else f"system:{row.source}"
+            audit.record(actor, "groups.change.cancelled", target=f"chat_change:{row.id}", reason=why[:500],
+                         outcome="noop", detail={"group_id": group_id, "userid": row.userid, "action": row.action,
+                                                 "row_reason": row.reason}, session=session)  # fmt: skip
+    return count
 
 
 def apply_pending(
@@ -282,6 +459,44 @@ def _settle(engine: sa.Engine, work: _Apply) -> None:
             work.outcomes[row.id] = _Outcome("failed", None, f"unknown action {row.action!r}")
 
 
+def _reevaluate(engine: sa.Engine, settings: Any, work: _Apply) -> None:
+    """Ask the rule again, with the exemptions and mirror of now: a check's removal or addition no
+    longer wanted (exempted since, the rule edited, the person's status changed) is ``cancelled``.
+    Offboarding rows are not the rule's: only the rehire check in :func:`_settle` cancels them. A
+    not-in-directory removal waits while the mirror cannot be trusted (:func:`mirror_problem`)."""
+    gid = work.group.id
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        now = db_now(conn)
+        exemptions = _exemptions(conn, [gid], now).get(gid, [])
+        flagged = {f: r.created_at for f, r in _open_warns(conn, [gid]).get(gid, {}).items()}
+        untrusted = mirror_problem(conn, settings.directory_sync_minutes, now)
+    live = [r for r in work.rows if r.id not in work.outcomes]
+    checks = [r for r in live if r.source == "check" and r.action in ("add", "remove")]
+    if checks:
+        try:
+            facts = group_facts(work.group, exemptions, flagged)
+        except RuleError as exc:
+            for row in checks:
+                work.outcomes[row.id] = _Outcome("cancelled", None, f"the rule is invalid now: {exc}"[:500])
+            return
+        view = load_view(engine)
+        evaluation = evaluate(facts, list(work.current.values()), view.directory, policy_for(settings), now)
+        removals = {fold(f.userid) for f in evaluation.removals}
+        additions = {fold(f.userid) for f in evaluation.additions}
+        for row in checks:
+            folded = row.userid_folded or fold(row.userid)
+            if row.action == "remove" and folded not in removals:
+                work.outcomes[row.id] = _Outcome("cancelled", None, "no longer wanted by the rule (re-checked)")
+            elif row.action == "add" and folded not in additions:
+                work.outcomes[row.id] = _Outcome("cancelled", None, "no longer wanted by the rule (re-checked)")
+    if untrusted:
+        for row in live:
+            if row.id not in work.outcomes and row.action == "remove" and row.reason == "not_in_directory":
+                work.held.add(row.id)
+        if work.held:
+            work.notes.append(f"held: mirror not trustworthy ({untrusted})")
+
+
 @dataclass
 class _Call:
     """The ``appchat/update`` of one chat, with the retry around unknown member ids."""
@@ -294,6 +509,7 @@ class _Call:
     owner_row: Any | None
     owner_add: bool  # the new owner is not in the chat: added by the same call
     people: dict[str, tuple[str, str, int]]
+    settings: Any = None
 
     @classmethod
     def build(cls, engine: sa.Engine, settings: Any, work: _Apply, live: list[Any]) -> _Call:
@@ -322,16 +538,51 @@ class _Call:
             adds = [r for r in adds if r.userid_folded != fold(owner)]  # the owner change adds them
         with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
             people = people_status(conn, [r.userid for r in adds] + ([owner] if owner else []))
-        return cls(engine, work, adds, dels, owner, owner_row, owner_add, people)
+        return cls(engine, work, adds, dels, owner, owner_row, owner_add, people, settings)
 
     def run(self, client: Any, step: Step | None) -> None:
+        self._fit()
+        try:
+            self._run(client, step)
+        except _CapReached:
+            self.work.notes.append(f"call cap ({MAX_CALLS}) reached: the rest stays pending")
+
+    def _fit(self) -> None:
+        """Members after the change must stay within 2..2000: additions are trimmed to fit (never
+        removals); removals that would leave fewer than 2 fail without a call."""
+        current = set(self.work.current)
+        after = len(current - {r.userid_folded for r in self.dels})
+        after += len({r.userid_folded for r in self.adds} - current) + int(self.owner_add)
+        if after > MAX_MEMBERS:
+            room = max(0, len(self.adds) - (after - MAX_MEMBERS))
+            for r in self.adds[room:]:
+                self.work.outcomes[r.id] = _Outcome(
+                    "failed", codes.APPCHAT_MEMBER_COUNT, f"the chat would exceed {MAX_MEMBERS} members"
+                )
+            self.adds = self.adds[:room]
+        elif after < MIN_MEMBERS and self.dels:
+            for r in self.dels:
+                self.work.outcomes[r.id] = _Outcome(
+                    "failed", codes.APPCHAT_MEMBER_COUNT, f"a chat keeps at least {MIN_MEMBERS} members"
+                )
+            self.dels = []
+
+    def _run(self, client: Any, step: Step | None) -> None:
         carry = bool(self.dels or self.owner)
         if not (self.adds or carry):
             return
         adds = list(self.adds)
         result = self._send(client, step, adds, carry)
-        if result is None:
+        if result is None or result == codes.APPCHAT_NOT_CREATOR:
             return
+        if carry and adds:
+            # Whatever failed, the removals and the owner go alone first: additions never block them,
+            # and a bad id is then found on its side.
+            if self._send(client, step, [], True) == codes.APPCHAT_NOT_CREATOR:
+                return
+            result = self._send(client, step, adds, False)
+            if result is None or result == codes.APPCHAT_NOT_CREATOR:
+                return
         if result not in BAD_MEMBER_CODES or not adds:
             return
         suspects = [r for r in adds if not self._known_active(r.userid)]
@@ -339,12 +590,12 @@ class _Call:
             for r in suspects:
                 self.work.outcomes[r.id] = _Outcome("failed", result, "unknown or inactive member id")
             adds = [r for r in adds if r not in suspects]
-            if not adds and not carry:
+            if not adds:
                 return
-            result = self._send(client, step, adds, carry)
-            if result is None or result not in BAD_MEMBER_CODES or not adds:
+            result = self._send(client, step, adds, False)
+            if result is None or result not in BAD_MEMBER_CODES:
                 return
-        self._bisect(client, step, adds, carry, result)
+        self._bisect(client, step, adds, False, result)
 
     def _bisect(self, client: Any, step: Step | None, adds: list[Any], carry: bool, errcode: int) -> bool:
         """The call with ``adds`` failed on a bad id: find it by halves. Returns True once the carried
@@ -364,6 +615,17 @@ class _Call:
                 done = self._bisect(client, step, part, carry and not done, result) or done
         return done
 
+    def _before_call(self) -> None:
+        """Right before every ``appchat/update`` (retries included): the claim is still ours, and the
+        kill switch and the mode, read again, still allow changing chats."""
+        _renew(self.engine, self.work)
+        if self.settings is None:
+            return
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            switches = effective(conn, self.settings.governance_mode)
+        if not switches.may_change_chats:
+            raise _Held(_held(switches))
+
     def _known_active(self, userid: str) -> bool:
         person = self.people.get(fold(userid))
         return person is not None and person[2] == ACTIVE
@@ -381,6 +643,9 @@ class _Call:
         if not (add_ids or dels or owner):
             return None
         chatid = self.work.group.chatid
+        if self.work.calls >= MAX_CALLS:
+            raise _CapReached()
+        self._before_call()
         self.work.calls += 1
 
         def action() -> dict[str, Any]:
@@ -421,8 +686,8 @@ class _Call:
                 if r.id not in self.work.outcomes or self.work.outcomes[r.id].state not in ("applied", "skipped"):
                     self.work.outcomes[r.id] = _Outcome("manual", errcode, f"manual action #{action_id}")
             return errcode
-        if errcode in BAD_MEMBER_CODES and adds:
-            return errcode
+        if (errcode in BAD_MEMBER_CODES and adds) or (adds and carry):
+            return errcode  # the caller splits the call and retries: nothing is failed yet
         for r in touched:
             self.work.outcomes[r.id] = _Outcome("failed", errcode, error)
         return errcode

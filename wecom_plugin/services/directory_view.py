@@ -145,3 +145,40 @@ def people_status(conn: Any, userids: Iterable[str]) -> dict[str, tuple[str, str
         ):
             out[f] = (userid, name or "", int(status))
     return out
+
+
+MIRROR_MAX_AGE_FLOOR_MINUTES = 60  # never stricter than an hour (a sync takes a while)
+MIRROR_MAX_AGE_DEFAULT_MINUTES = 24 * 60  # no schedule: a day
+
+
+def mirror_problem(conn: Any, sync_minutes: int, now: Any = None) -> str | None:
+    """Why the mirror cannot be trusted to say who is *not* in the directory, or None when it can.
+
+    Trusted only when the newest full sync (not a dry run, not running) ended ``completed`` (not
+    braked, incomplete or failed) within ``2 × DIRECTORY_SYNC_MINUTES`` (24 h without a schedule),
+    and the mirror holds people at all.
+    """
+    from datetime import timedelta
+
+    from wecom_plugin.models.base import utcnow
+    from wecom_plugin.models.directory import DirectorySync
+
+    sync = DirectorySync.__table__
+    row = conn.execute(
+        sa.select(sync.c.id, sync.c.state, sync.c.finished_at)
+        .where(sa.not_(sync.c.dry_run), sync.c.state != "running")
+        .order_by(sync.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return "no directory sync has finished / 通讯录尚未同步"
+    if row.state != "completed":
+        return f"the latest directory sync #{row.id} is {row.state} / 最近一次通讯录同步状态为 {row.state}"
+    minutes = 2 * sync_minutes if sync_minutes else MIRROR_MAX_AGE_DEFAULT_MINUTES
+    minutes = max(minutes, MIRROR_MAX_AGE_FLOOR_MINUTES)
+    now = now or utcnow()
+    if row.finished_at is None or row.finished_at < now - timedelta(minutes=minutes):
+        return f"the latest directory sync #{row.id} is older than {minutes} min / 通讯录同步已过期"
+    if conn.execute(sa.select(PERSON.c.userid_folded).limit(1)).first() is None:
+        return "the directory mirror is empty / 通讯录镜像为空"
+    return None

@@ -728,10 +728,22 @@ def update_group(
         actor, f"groups.{action}", target=f"group:{group.id}", reason=reason,
         detail={"version": version + 1, "fields": sorted(after)}, session=session,
     )  # fmt: skip
+    _cancel_stale_changes(session, group.id, after)
     session.flush()
     session.refresh(group)
     group.warnings = check.warnings  # type: ignore[attr-defined]
     return group
+
+
+def _cancel_stale_changes(session: Session, group_id: int, after: Mapping[str, Any]) -> None:
+    """In the same transaction as the edit: a group no longer active has nothing pending; a rule
+    edit makes a check's pending changes stale (the next check plans from the new rule)."""
+    from wecom_plugin.services.chat_changes import cancel_pending
+
+    if "status" in after and after["status"] != "active":
+        cancel_pending(session, group_id, f"the group is {after['status']}: no longer governed", sources=None)
+    elif "rule" in after:
+        cancel_pending(session, group_id, "the membership rule changed", sources=("check",))
 
 
 def record_event(
@@ -893,6 +905,9 @@ def add_exemption(
     )  # fmt: skip
     session.add(row)
     session.flush()
+    from wecom_plugin.services.chat_changes import cancel_pending
+
+    cancel_pending(session, group.id, "exempted: may stay in the chat", sources=("check",), userid=person.userid)
     audit.record(
         actor, "groups.exemption_added", target=f"group:{group.id}", reason=reason.strip(),
         detail={"userid": person.userid, "expires_at": jsonable(until), "replaced": [o.id for o in replaced]},

@@ -4,8 +4,14 @@ general office (备案); post the notice of an archived group; remind of due rev
 Creation is idempotent: the chatid is ours (``gov<id><random>``, chosen when the group was
 approved and carried in the job's payload, contract §3.1), so a retry after a timeout first reads
 the chat with ``appchat/get`` and creates it only when WeCom does not have it. No transaction stays
-open across a WeCom call. The kill switch stops creation (the job waits and tries again later);
-the observe and dry-run modes do not, since creating a chat removes nobody.
+open across a WeCom call. Chats are created only in enforce mode with the kill switch off: observe
+and dry-run change nothing in WeCom, so creation waits (:class:`NotCreatingYet`: the job comes back
+later without spending an attempt, the reason on the job), like it does for the kill switch.
+
+The welcome (``appchat/send``) and the general office's notice are at-most-once: a mark
+(a ``welcome_sent`` / ``office_told`` version of the group) is committed before each is sent, and a
+run that finds the mark does not send again (a crash in between loses the message rather than
+repeating it). The general office's ``message/send`` also asks WeCom's duplicate check.
 
 ``step(target, action)``: a job passes its :meth:`JobContext.run_step`, so a send already made by
 an earlier run is not made again; called directly, each action just runs.
@@ -17,6 +23,8 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+
+import sqlalchemy as sa
 
 from wecom_plugin.domain.directory import fold
 from wecom_plugin.domain.membership import (
@@ -68,6 +76,31 @@ class KillSwitchOn(RateLimitedError):
             "紧急停止已开启，暂不建群 / the kill switch is on: the chat is not created yet",
             retry_after=KILL_SWITCH_RETRY_SECONDS,
         )
+
+
+class NotCreatingYet(RateLimitedError):
+    """Observe or dry-run mode: no chat is created; the job comes back later, attempt not spent."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(
+            f"模式为 {mode}，仅在 enforce 模式建群 / mode {mode}: chats are created only in enforce mode",
+            retry_after=KILL_SWITCH_RETRY_SECONDS,
+        )
+
+
+def _once(session: Any, group_id: int, mark: str, send: Callable[[], Any]) -> tuple[bool, Any]:
+    """At-most-once: commit ``mark`` (a group version) before ``send``; a mark already there: skip."""
+    from wecom_plugin.models.groups import GroupVersion
+
+    done = session.execute(
+        sa.select(GroupVersion.id).where(GroupVersion.group_id == group_id, GroupVersion.action == mark).limit(1)
+    ).first()
+    if done is not None:
+        session.rollback()
+        return False, None
+    record_event(session, group_id, action=mark, actor=SYSTEM_ACTOR, reason="", detail={}, outcome="success")
+    session.commit()
+    return True, send()
 
 
 def _run(step: Step | None, target: str, action: Callable[[], Any]) -> Any:
@@ -256,9 +289,13 @@ def create_chat(
             from wecom_plugin.services.group_registry import new_chatid
 
             planned = new_chatid(group.id)
-        if governance_switches.effective(session, settings.governance_mode).kill_switch:
+        switches = governance_switches.effective(session, settings.governance_mode)
+        if switches.kill_switch:
             session.rollback()
             raise KillSwitchOn()
+        if switches.mode != "enforce":
+            session.rollback()
+            raise NotCreatingYet(switches.mode)
         try:
             members = initial_members(session, group, settings)
         except RegistryError as exc:
@@ -296,14 +333,29 @@ def create_chat(
     office = list(settings.general_office_userids)
     session.commit()
     client = _client(app, guard, client)
-    _run(step, "welcome", lambda: appchat.send(client, planned, message.text(welcome), safe=safe, members=members))
-    result["welcome"] = True
+    welcomed, _ = _once(
+        session,
+        group_id,
+        "welcome_sent",
+        lambda: _run(
+            step, "welcome", lambda: appchat.send(client, planned, message.text(welcome), safe=safe, members=members)
+        ),
+    )
+    result["welcome"] = True if welcomed else "already sent"
     if office:
-        sent = _run(
-            step,
-            "general_office",
-            lambda: message.send(client, message.text(notice), touser=office, enable_duplicate_check=True),
+        told, sent = _once(
+            session,
+            group_id,
+            "office_told",
+            lambda: _run(
+                step,
+                "general_office",
+                lambda: message.send(client, message.text(notice), touser=office, enable_duplicate_check=True),
+            ),
         )
+        if not told:
+            result["general_office"] = "already told"
+            return result
         answer = getattr(sent, "value", sent)  # a job step's result wraps the answer
         rejected = list(getattr(answer, "invaliduser", ()) or ())
         result["general_office"] = {"told": office, "rejected": rejected}

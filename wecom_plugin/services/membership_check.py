@@ -71,7 +71,7 @@ from wecom_plugin.models.groups import (
 )
 from wecom_plugin.services import audit
 from wecom_plugin.services.alerts import raise_alert
-from wecom_plugin.services.directory_view import DirectoryView, load_view
+from wecom_plugin.services.directory_view import PERSON, DirectoryView, load_view, mirror_problem
 from wecom_plugin.services.governance_switches import effective
 from wecom_plugin.wecom import errors as codes
 from wecom_plugin.wecom.budget import BudgetExhausted, read_asks
@@ -88,7 +88,9 @@ MANUAL = ManualAction.__table__
 
 ACTOR = "system:member-check"
 BRAKE_ALERT = "groups.brake"
-ABANDONED_AFTER_SECONDS = 6 * 3600  # a check "running" longer than this lost its process
+ABANDONED_AFTER_SECONDS = 6 * 3600  # a check "running" longer than this lost its process (-> abandoned)
+CONFIRMATION_TTL_SECONDS = 24 * 3600  # a brake confirmation not used within a day expires
+MIRROR_ALERT = "groups.mirror_untrusted"
 READ_CHUNK = 200  # appchat/get reads reserved from the budget at a time
 GONE_CODES = (codes.APPCHAT_NOT_FOUND, codes.CHATID_NOT_FOUND)
 OWNER_REASON = "owner_gone"  # chat_change.reason of an owner change planned by a check
@@ -280,6 +282,9 @@ class _Run:
             "first_checks": 0,
         }
         self.view: DirectoryView | None = None
+        self.mirror_problem: str | None = None
+        self.mirror_empty = False
+        self.held_removals = 0
         self.client: Any = None
         self._reserved = 0
         self.confirmed: Any = None
@@ -295,6 +300,8 @@ class _Run:
             self.view = load_view(self.engine)
             self.stats["seconds_directory"] = round(time.perf_counter() - started, 3)
             plans = self._read_all()
+            if self.held_removals:
+                self._raise_mirror_alert()
             braked, brake = self._brake(plans)
             self._plan_all(plans, braked)
             if braked:
@@ -312,6 +319,12 @@ class _Run:
         return self._finish("braked" if braked else "completed", plans, brake=brake)
 
     def _start(self) -> None:
+        try:
+            self._insert_running()
+        except sa.exc.IntegrityError as exc:  # uq_membership_check_running: another check won the race
+            raise CheckBusy("another member check is running / 另一次成员检查正在进行") from exc
+
+    def _insert_running(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(CHECK)
@@ -319,7 +332,7 @@ class _Run:
                     CHECK.c.state == "running",
                     CHECK.c.started_at < utcnow() - timedelta(seconds=ABANDONED_AFTER_SECONDS),
                 )
-                .values(state="failed", error="abandoned: its process stopped", finished_at=utcnow())
+                .values(state="abandoned", error="abandoned: its process stopped", finished_at=utcnow())
             )
             other = conn.execute(
                 sa.select(CHECK.c.id, CHECK.c.started_at).where(CHECK.c.state == "running").limit(1)
@@ -357,12 +370,12 @@ class _Run:
                         error=(error or None) and error[:2000])
             )  # fmt: skip
             if state == "completed" and self.confirmed is not None and self.mode == "enforce":
-                if self.confirmed.group_id is None or self.confirmed.group_id == self.group_id:
-                    conn.execute(
-                        sa.update(CHECK)
-                        .where(CHECK.c.id == self.confirmed.id, CHECK.c.state == "confirmed")
-                        .values(state="applied")
-                    )
+                # Used up by the run that applied it, whatever its scope: never a standing licence.
+                conn.execute(
+                    sa.update(CHECK)
+                    .where(CHECK.c.id == self.confirmed.id, CHECK.c.state == "confirmed")
+                    .values(state="applied")
+                )
         with Session(self.engine) as session, session.begin():
             audit.record(
                 ACTOR, "groups.check", target=f"membership_check:{self.check_id}", reason=error,
@@ -380,7 +393,8 @@ class _Run:
         if self.mode != "enforce":
             return None
         with _read(self.engine) as conn:
-            query = sa.select(CHECK).where(CHECK.c.state == "confirmed")
+            since = db_now(conn) - timedelta(seconds=CONFIRMATION_TTL_SECONDS)
+            query = sa.select(CHECK).where(CHECK.c.state == "confirmed", CHECK.c.confirmed_at >= since)
             if confirmed_check is not None:
                 query = query.where(CHECK.c.id == confirmed_check)
             return conn.execute(query.order_by(CHECK.c.id.desc()).limit(1)).first()
@@ -398,6 +412,8 @@ class _Run:
         with _read(self.engine) as conn:
             groups = self._groups(conn)
             now = db_now(conn)
+            self.mirror_problem = mirror_problem(conn, self.settings.directory_sync_minutes, now)
+            self.mirror_empty = conn.execute(sa.select(PERSON.c.userid_folded).limit(1)).first() is None
             ids = [g.id for g in groups]
             exemptions = _exemptions(conn, ids, now)
             warns = _open_warns(conn, ids)
@@ -503,6 +519,17 @@ class _Run:
         plan.facts, plan.evaluation = facts, evaluation
         plan.removals = list(evaluation.removals)
         plan.additions = list(evaluation.additions)
+        if self.mirror_problem:
+            # "Not in the mirror" is only certain when the mirror is complete and fresh; an empty
+            # mirror says nothing about anyone.
+            held = [f for f in plan.removals if self.mirror_empty or f.reason == "not_in_directory"]
+            if held:
+                plan.removals = [f for f in plan.removals if f not in held]
+                plan.entry["held"] = [
+                    {**finding_view(f, self.view), "held": "mirror not trustworthy", "why": self.mirror_problem}
+                    for f in held
+                ]
+                self.held_removals += len(held)
         if evaluation.owner_gone:
             staying = {fold(u) for u in plan.current} - {fold(f.userid) for f in plan.removals}
             staying |= {fold(f.userid) for f in plan.additions}
@@ -571,6 +598,18 @@ class _Run:
             return False, None
         return True, {"chats": over, "total": total, "total_limit": total_limit}
 
+    def _raise_mirror_alert(self) -> None:
+        self.stats["held_mirror_untrusted"] = self.held_removals
+        with self.engine.begin() as conn:
+            raise_alert(
+                MIRROR_ALERT,
+                title_zh=f"成员检查暂缓移出 {self.held_removals} 人：通讯录镜像不可信（{self.mirror_problem}）",
+                title_en=f"Member check #{self.check_id} held {self.held_removals} removal(s): the directory mirror "
+                f"is not trustworthy ({self.mirror_problem})",
+                detail={"check_id": self.check_id, "held": self.held_removals, "why": self.mirror_problem},
+                session=conn,
+            )
+
     def _raise_brake(self, brake: dict[str, Any]) -> None:
         chats = "、".join(f"{c['name']}（{c['removals']}人，上限{c['limit']}）" for c in brake["chats"][:5])
         zh = f"群成员检查已暂停：本次将移出 {brake['total']} 人"
@@ -628,6 +667,12 @@ class _Run:
 
     def _plan_enforce(self, session: Session, plan: _Plan) -> None:
         gid = plan.group.id
+        from wecom_plugin.services.chat_changes import claimed_groups
+
+        if gid in claimed_groups(session):
+            # An apply holds this chat: its pending rows are left alone (it re-evaluates them itself).
+            plan.entry["planned"] = "busy: an apply holds this chat"
+            return
         wanted = {(fold(r["userid"]), r["action"]): r for r in self._planned_rows(plan, "pending")}
         pending = session.execute(
             sa.select(CHANGE.c.id, CHANGE.c.userid_folded, CHANGE.c.action, CHANGE.c.source).where(

@@ -68,6 +68,10 @@ def test_bad_input_is_a_400_with_every_problem_and_stores_nothing(gov):
     assert wrong_types.status_code == 400 and {"x"} <= {p["path"] for p in wrong_types.get_json()["problems"]}
     shapes = http.post("/api/v1/groups", data=json.dumps({**BODY, "admins": 5, "name": 7}), headers=headers)
     assert shapes.status_code == 400, shapes.get_json()
+    for huge in (2**32, 2**63, 10**30):  # beyond WeCom's 32-bit ids: a 400, not an overflow in the database
+        big = http.post("/api/v1/groups", data=json.dumps({**BODY, "department_id": huge}), headers=headers)
+        assert big.status_code == 400, (huge, big.get_json())
+        assert [p["path"] for p in big.get_json()["problems"]] == ["department_id"]
     assert count(gov, GovernedGroup) == 0
 
 

@@ -84,6 +84,9 @@ FIELD_LABELS: dict[str, str] = {
 }  # fmt: skip
 
 
+MAX_DEPARTMENT_ID = 2**32 - 1
+
+
 class RegistryError(ValueError):
     """A registry request that cannot be carried out; nothing was changed (see ``keep_audit``).
 
@@ -405,8 +408,13 @@ class _Check:
     def _department_id(self, raw: Any, people: Any) -> int:
         if type(raw) is str and raw.strip().isdigit():
             raw = int(raw.strip())
-        if type(raw) is not int or raw < 1:  # noqa: E721 - bool is not a department
-            self.error("department_id", "申请部门应为部门编号（正整数）", "department_id must be a positive integer")
+        # bool is not a department; WeCom's department ids are 32-bit (and a bigger int overflows the column)
+        if type(raw) is not int or not 1 <= raw <= MAX_DEPARTMENT_ID:  # noqa: E721
+            self.error(
+                "department_id",
+                f"申请部门应为部门编号（1 到 {MAX_DEPARTMENT_ID} 的整数）",
+                f"department_id must be an integer from 1 to {MAX_DEPARTMENT_ID}",
+            )
             raise _Skip
         if self.unchanged("department_id", raw):
             return raw

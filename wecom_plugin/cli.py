@@ -415,3 +415,7 @@ _register_directory_commands(cli)
 from wecom_plugin.cli_groups import register as _register_groups_commands  # noqa: E402
 
 _register_groups_commands(cli)
+
+from wecom_plugin.cli_offboard import register as _register_offboard_commands  # noqa: E402
+
+_register_offboard_commands(cli)

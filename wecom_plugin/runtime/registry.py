@@ -113,6 +113,7 @@ def load_job_modules(extra: Iterable[str] = ()) -> None:
         "wecom_plugin.jobs.directory",
         "wecom_plugin.jobs.groups_workflow",
         "wecom_plugin.jobs.groups_check",
+        "wecom_plugin.jobs.offboarding",
         *extra,
     ):
         if module not in _LOADED_MODULES:

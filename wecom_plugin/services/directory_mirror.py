@@ -29,6 +29,7 @@ from wecom_plugin.models.directory import (
     Tag,
     TagMember,
 )
+from wecom_plugin.runtime.queue import enqueue
 from wecom_plugin.services import directory_bulk
 
 PERSON = Person.__table__
@@ -106,6 +107,7 @@ def _outbox(conn: sa.Connection, kind: str, person_id: int, change_id: int, orig
         )
         .on_conflict_do_nothing(index_elements=["change_id"])
     )
+    enqueue("offboarding.consume_outbox", {}, dedupe_key=f"offboarding.consume_outbox:{change_id}", session=conn)
 
 
 def _change_kind(before: MemberRecord, after: MemberRecord) -> tuple[str, str | None]:

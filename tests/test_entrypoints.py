@@ -96,10 +96,22 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
 
         procs.wait_for(welcomed, 30, interval=0.5, what="the welcome messages in the governed chats")
 
-        leaver = requests.get(f"{sandbox}/org", timeout=5).json()["users"][3]["userid"]
+        # The leaver is a member (not the owner) of the governed 信息技术部 chat: the departure record
+        # starts an offboarding and the demo (enforce mode) takes them out of the chat.
+        it_chat = next(c for c in governed_chats() if c["name"] == "信息技术部值班群")
+        leaver = next(u for u in it_chat["userlist"] if u != it_chat["owner"])
         procs.wait_for(lambda: show(leaver) is not None, 60, interval=0.5, what="the first directory sync")
+        # WeCom's own effect of a deletion on chats is unconfirmed; with "keep" the plugin must do the removal.
+        assert requests.post(f"{sandbox}/flags", json={"on_member_delete": "keep"}, timeout=5).ok
         assert requests.post(f"{sandbox}/directory/depart", json={"userid": leaver}, timeout=5).ok
         procs.wait_for(lambda: show(leaver)["status"] == 5, 30, interval=0.5, what="the departure to be mirrored")
+
+        def out_of_the_chat() -> bool:
+            chat = requests.get(f"{sandbox}/chats/{it_chat['chatid']}", timeout=5).json()
+            chat = chat.get("chat", chat)
+            return leaver not in chat["userlist"]
+
+        procs.wait_for(out_of_the_chat, 60, interval=0.5, what="the leaver to be removed from the governed chat")
         assert requests.get(f"{base}/status", timeout=5).json()["directory"]["last_sync"]["state"] == "completed"
 
         def settled() -> int | None:

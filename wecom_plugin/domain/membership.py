@@ -1024,21 +1024,26 @@ def pick_owner(
     directory: Directory,
     department_leaders: Iterable[str] = (),
     policy: RealNamePolicy | None = None,
+    exclude: Iterable[str] = (),
 ) -> str | None:
     """A new owner when the current one is gone, as the directory spells their userid.
 
     In order: the first group admin (as listed) who is active, real-named and staying in (or being
     added to) the chat; else the first department leader (the caller's order, from the requesting
     department) who is active and real-named; else the first active, real-named required member
-    staying, by folded userid; else None. The current owner is never picked.
+    staying, by folded userid; else None. The current owner is never picked, nor anyone in
+    ``exclude`` (any spelling): people being removed or offboarded, still active in the directory.
     """
     policy = policy or RealNamePolicy()
     gone = fold(facts.owner) if facts.owner else None
+    excluded = {fold(u) for u in exclude if u}
     staying_folded = {fold(u) for u in staying if u}
 
     def eligible(userid: str) -> Person | None:
         person = directory.person(userid) if userid else None
-        if person is None or person.folded == gone or person.status != ACTIVE or policy.check(person) is not None:
+        if person is None or person.folded == gone or person.folded in excluded or person.status != ACTIVE:
+            return None
+        if policy.check(person) is not None:
             return None
         return person
 

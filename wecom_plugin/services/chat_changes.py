@@ -60,12 +60,14 @@ from wecom_plugin.services.membership_check import (
     GONE_CODES,
     GROUP,
     MANUAL,
+    OFFBOARDED_DAYS,
     OWNER_REASON,
     _exemptions,
     _open_warns,
     chat_gone_alert,
     group_facts,
     not_created_by_app,
+    offboarded,
     policy_for,
     refresh_chat_members,
 )
@@ -701,7 +703,13 @@ def _choose_owner(engine: sa.Engine, settings: Any, work: _Apply, dels: list[Any
         return None
     staying = set(work.current) - {r.userid_folded for r in dels} | {r.userid_folded for r in adds}
     leaders = view.department_leaders(work.group.department_id)
-    return pick_owner(facts, staying, view.directory, leaders, policy_for(settings))
+    # Never someone leaving: removed by this call, or with an open offboarding (HR leavers are
+    # still active in the directory, and a leader among them would otherwise be picked), nor anyone
+    # offboarded within OFFBOARDED_DAYS and not rehired.
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        exclude = {r.userid_folded or fold(r.userid) for r in work.rows if r.action == "remove"}
+        exclude |= offboarded(conn, recent_days=OFFBOARDED_DAYS)
+    return pick_owner(facts, staying, view.directory, leaders, policy_for(settings), exclude=exclude)
 
 
 def _owner_needed(engine: sa.Engine, work: _Apply) -> None:
@@ -713,14 +721,17 @@ def _owner_needed(engine: sa.Engine, work: _Apply) -> None:
             )
         ).scalar()
         if exists is None:
-            conn.execute(
+            action_id = conn.execute(
                 sa.insert(MANUAL).values(
                     kind="owner_needed", group_id=group.id, chat_ref=group.chatid, userid=work.chat_owner,
                     assignee=(list(group.admins or ()) or [None])[0], state="open", created_at=utcnow(),
                     detail={"zh": f"群「{group.name}」的群主需移出，但没有合适的新群主，请指定",
                             "en": f"Chat {group.name!r}: its owner must leave but nobody can take over; choose one"},
-                )
-            )  # fmt: skip
+                ).returning(MANUAL.c.id)
+            ).scalar_one()  # fmt: skip
+            from wecom_plugin.services.membership_notices import queue_manual_notice
+
+            queue_manual_notice(conn, action_id)
 
 
 def _write_outcomes(engine: sa.Engine, work: _Apply) -> None:
@@ -728,6 +739,7 @@ def _write_outcomes(engine: sa.Engine, work: _Apply) -> None:
         return
     by_id = {r.id: r for r in work.rows}
     now = utcnow()
+    overtaken: dict[int, list[int]] = {}
     with Session(engine) as session, session.begin():
         for row_id, outcome in work.outcomes.items():
             row = by_id.get(row_id)
@@ -741,6 +753,14 @@ def _write_outcomes(engine: sa.Engine, work: _Apply) -> None:
             changed = session.execute(
                 sa.update(CHANGE).where(CHANGE.c.id == row_id, CHANGE.c.state == "pending").values(**values)
             ).rowcount
+            if not changed and outcome.state == "applied":
+                # Cancelled while this apply held it (read before the cancel): WeCom did it, so the
+                # row says so (applied wins) and its offboarding is settled again.
+                changed = session.execute(
+                    sa.update(CHANGE).where(CHANGE.c.id == row_id, CHANGE.c.state == "cancelled").values(**values)
+                ).rowcount
+                if changed and row.offboarding_id is not None:
+                    overtaken.setdefault(row.offboarding_id, []).append(row_id)
             if not changed:
                 continue
             actor = ACTOR if row.source == "check" else f"system:{row.source}"
@@ -752,6 +772,11 @@ def _write_outcomes(engine: sa.Engine, work: _Apply) -> None:
                         "action": row.action, "errcode": outcome.errcode, "error": outcome.error},
                 session=session,
             )  # fmt: skip
+        if overtaken:
+            from wecom_plugin.services.offboarding import cancel_overtaken
+
+            for off_id, ids in overtaken.items():
+                cancel_overtaken(session, off_id, ids)
 
 
 def _record(app: Any, engine: sa.Engine, work: _Apply) -> None:

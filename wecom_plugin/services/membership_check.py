@@ -94,6 +94,9 @@ MIRROR_ALERT = "groups.mirror_untrusted"
 READ_CHUNK = 200  # appchat/get reads reserved from the budget at a time
 GONE_CODES = (codes.APPCHAT_NOT_FOUND, codes.CHATID_NOT_FOUND)
 OWNER_REASON = "owner_gone"  # chat_change.reason of an owner change planned by a check
+#: An offboarding finished this recently (and no rehire since) still marks a leaver: a check never
+#: adds them back, nobody makes them owner.
+OFFBOARDED_DAYS = 30
 
 
 class CheckBusy(Exception):
@@ -285,6 +288,8 @@ class _Run:
         self.mirror_problem: str | None = None
         self.mirror_empty = False
         self.held_removals = 0
+        self.offboarded: set[str] = set()  # folded: open or recent offboardings (never added, never owner)
+        self.offboarding_rows: dict[int, set[str]] = {}  # group -> folded userids with a pending offboarding row
         self.client: Any = None
         self._reserved = 0
         self.confirmed: Any = None
@@ -417,6 +422,13 @@ class _Run:
             ids = [g.id for g in groups]
             exemptions = _exemptions(conn, ids, now)
             warns = _open_warns(conn, ids)
+            self.offboarded = offboarded(conn, recent_days=OFFBOARDED_DAYS)
+            for gid, folded in conn.execute(
+                sa.select(CHANGE.c.group_id, CHANGE.c.userid_folded).where(
+                    CHANGE.c.state == "pending", CHANGE.c.source == "offboarding"
+                )
+            ):
+                self.offboarding_rows.setdefault(gid, set()).add(folded)
         self.now = now
         self.stats["groups"] = len(groups)
         if not groups:
@@ -530,11 +542,13 @@ class _Run:
                     for f in held
                 ]
                 self.held_removals += len(held)
+        self._hold_offboarded(plan)
         if evaluation.owner_gone:
             staying = {fold(u) for u in plan.current} - {fold(f.userid) for f in plan.removals}
             staying |= {fold(f.userid) for f in plan.additions}
             leaders = self.view.department_leaders(plan.group.department_id)
-            plan.new_owner = pick_owner(facts, staying, self.view.directory, leaders, self.policy)
+            leaving = self.offboarded | self.offboarding_rows.get(plan.group.id, set())
+            plan.new_owner = pick_owner(facts, staying, self.view.directory, leaders, self.policy, exclude=leaving)
             if plan.new_owner:
                 chosen = fold(plan.new_owner)
                 # The new owner is always a member: never removed, added by the owner change itself.
@@ -564,6 +578,32 @@ class _Run:
         self.stats["warnings"] += len(evaluation.warnings)
         if plan.removals or plan.additions or plan.new_owner:
             self.stats["with_differences"] += 1
+
+    def _hold_offboarded(self, plan: _Plan) -> None:
+        """Offboarded people (open, or finished recently and not rehired) are never added back by a
+        check; a change conflicting with a pending offboarding row of this chat is never planned
+        (the offboarding's removal is the one that goes)."""
+        assert self.view is not None
+        pending = self.offboarding_rows.get(plan.group.id, set())
+        held: list[dict[str, Any]] = []
+        keep: list[Finding] = []
+        for f in plan.additions:
+            folded = fold(f.userid)
+            if folded in self.offboarded or folded in pending:
+                held.append({**finding_view(f, self.view), "held": "offboarded"})
+            else:
+                keep.append(f)
+        plan.additions = keep
+        keep = []
+        for f in plan.removals:
+            if fold(f.userid) in pending:
+                held.append({**finding_view(f, self.view), "held": "offboarding pending"})
+            else:
+                keep.append(f)
+        plan.removals = keep
+        if held:
+            plan.entry.setdefault("held", []).extend(held)
+            self.stats["held_offboarded"] = self.stats.get("held_offboarded", 0) + len(held)
 
     # ---- the brake -----------------------------------------------------------------------------
     def _brake(self, plans: list[_Plan]) -> tuple[bool, dict[str, Any] | None]:
@@ -832,6 +872,46 @@ def refresh_chat_members(engine_or_conn: Any, group_id: int, current: list[str])
         work(engine_or_conn)
 
 
+def offboarded(conn: Any, *, recent_days: int | None = None) -> set[str]:
+    """Folded userids with an open offboarding (pending, running, or scheduled and due now); with
+    ``recent_days``, also those finished (done/partial/failed) within that many days and not
+    reactivated (rehired) since."""
+    from wecom_plugin.models.directory import DirectoryOutbox
+    from wecom_plugin.models.groups import Offboarding
+
+    off = Offboarding.__table__
+    outbox = DirectoryOutbox.__table__
+    now = db_now(conn)
+    open_ = sa.or_(
+        off.c.state.in_(("pending", "running")),
+        sa.and_(off.c.state == "scheduled", off.c.effective_at <= now),
+    )
+    out = set(conn.execute(sa.select(off.c.userid_folded).where(open_)).scalars())
+    if recent_days:
+        since = utcnow() - timedelta(days=recent_days)
+        finished = conn.execute(
+            sa.select(off.c.userid_folded, off.c.person_id, off.c.created_at).where(
+                off.c.state.in_(("done", "partial", "failed")),
+                sa.func.coalesce(off.c.finished_at, off.c.created_at) >= since,
+            )
+        ).all()
+        for row in finished:
+            if row.userid_folded in out:
+                continue
+            rehired = conn.execute(
+                sa.select(outbox.c.id)
+                .where(
+                    outbox.c.person_id == row.person_id,
+                    outbox.c.kind == "reactivated",
+                    outbox.c.occurred_at > row.created_at,
+                )
+                .limit(1)
+            ).first()
+            if rehired is None:
+                out.add(row.userid_folded)
+    return out
+
+
 def not_created_by_app(session: Session, group: Any, *, source: str, check_id: int | None = None) -> int:
     """Open (once) the manual action for a chat this app did not create (86008); returns its id."""
     existing = session.execute(
@@ -858,6 +938,9 @@ def not_created_by_app(session: Session, group: Any, *, source: str, check_id: i
     ).scalar_one()  # fmt: skip
     audit.record(ACTOR, "groups.manual_action", target=f"group:{group.id}", reason="86008 not created by this app",
                  outcome="failure", detail={"manual_action_id": action_id}, session=session)  # fmt: skip
+    from wecom_plugin.services.membership_notices import queue_manual_notice
+
+    queue_manual_notice(session, action_id)
     return action_id
 
 

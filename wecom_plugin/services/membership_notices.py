@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from wecom_plugin.domain.directory import DISABLED, LEFT, fold
 from wecom_plugin.domain.membership import REAL_NAME_FAILURES, REASONS
 from wecom_plugin.services.directory_view import people_status
-from wecom_plugin.services.membership_check import CHANGE, CHECK, GROUP
+from wecom_plugin.services.membership_check import CHANGE, CHECK, GROUP, MANUAL
 
 TEXT_LIMIT = 2000  # bytes; WeCom's text limit is 2,048
 ACTION_ZH = {"remove": "移出", "add": "加入", "owner": "改任群主"}
@@ -58,14 +58,15 @@ def _reachable(people: dict[str, tuple[str, str, int]], userid: str) -> bool:
 
 
 def removed_notices(conn: Any, change_ids: list[int]) -> list[Notice]:
-    """One message per removed member who is still in the company: which group, why, how to get back."""
+    """One message per removed member who is still in the company: which group, why, how to get back.
+    Only a check's removals: an offboarded person left (HR tells them, not the plugin)."""
     rows = list(conn.execute(sa.select(CHANGE).where(CHANGE.c.id.in_(change_ids), CHANGE.c.action == "remove")))
     groups = _groups(conn, {r.group_id for r in rows})
     people = people_status(conn, [r.userid for r in rows] + [u for g in groups.values() for u in _contacts(g)])
     out = []
     for row in rows:
         group = groups.get(row.group_id)
-        if group is None or row.state != "applied" or not _reachable(people, row.userid):
+        if group is None or row.state != "applied" or row.source != "check" or not _reachable(people, row.userid):
             continue
         zh, en = _reason(row.reason)
         contacts = _contacts(group)
@@ -187,8 +188,48 @@ def _groups(conn: Any, ids: set[int]) -> dict[int, Any]:
     return {g.id: g for g in conn.execute(sa.select(GROUP).where(GROUP.c.id.in_(sorted(ids))))}
 
 
+MANUAL_TITLES = {
+    "offboarding_remove": ("请人工移出离职人员", "remove a leaver by hand"),
+    "not_app_chat": ("群成员需人工调整", "change the chat's members by hand"),
+    "owner_needed": ("请指定新群主", "choose a new chat owner"),
+}
+
+
+def queue_manual_notice(session: Any, action_id: int) -> None:
+    """Tell a manual action's assignee, once (the dedupe key: one job per action; the job's step is
+    at-most-once). Joins the caller's transaction."""
+    from wecom_plugin.runtime.queue import enqueue
+
+    enqueue("groups.notify", {"kind": "manual", "action_id": int(action_id)},
+            dedupe_key=f"groups.notify:manual:{int(action_id)}", session=session)  # fmt: skip
+
+
+def manual_notices(conn: Any, action_id: int) -> list[Notice]:
+    """The one message to a manual action's assignee (none when nobody is assigned or they left):
+    what to do and why, Chinese first."""
+    action = conn.execute(sa.select(MANUAL).where(MANUAL.c.id == action_id)).first()
+    if action is None or not action.assignee or action.state != "open":
+        return []
+    people = people_status(conn, [action.assignee])
+    if not _reachable(people, action.assignee):
+        return []
+    detail = action.detail or {}
+    title_zh, title_en = MANUAL_TITLES.get(action.kind, ("需要人工处理", "a person must act"))
+    zh = detail.get("zh") or title_zh
+    en = detail.get("en") or title_en
+    content = (
+        f"【群治理待办 #{action.id}】{title_zh}\n{zh}。\n"
+        "接口无法自动完成，需要您处理；处理后请告知管理员关闭此待办。\n\n"
+        f"[Group governance to-do #{action.id}] {title_en}: {en}. "
+        "The API cannot do this, so it needs you; tell the administrator once done so the to-do is closed."
+    )
+    return [Notice(f"manual:{action.id}", action.assignee, _fit(content))]
+
+
 def build(conn: Any, payload: dict[str, Any], settings: Any) -> list[Notice]:
     kind = payload.get("kind")
+    if kind == "manual":
+        return manual_notices(conn, int(payload["action_id"]))
     if kind == "removed":
         return removed_notices(conn, [int(i) for i in payload.get("change_ids") or ()])
     if kind == "warn":

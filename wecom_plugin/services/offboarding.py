@@ -54,7 +54,14 @@ from wecom_plugin.models.base import insert_for, utcnow
 from wecom_plugin.models.claims import ClaimState
 from wecom_plugin.models.dbtime import db_now, sql_now
 from wecom_plugin.models.directory import DirectoryOutbox, Person
-from wecom_plugin.models.groups import ChatChange, ChatMember, GovernedGroup, ManualAction, Offboarding
+from wecom_plugin.models.groups import (
+    ChatApplyLease,
+    ChatChange,
+    ChatMember,
+    GovernedGroup,
+    ManualAction,
+    Offboarding,
+)
 from wecom_plugin.models.jobs import Job
 from wecom_plugin.services import audit
 
@@ -68,6 +75,7 @@ MANUAL = ManualAction.__table__
 PERSON = Person.__table__
 OUTBOX = DirectoryOutbox.__table__
 JOB = Job.__table__
+LEASE = ChatApplyLease.__table__
 
 #: Seconds a chat's ``groups.apply`` waits after its first offboarding change, so changes for
 #: several leavers of one chat go out in one ``appchat/update``. At most 1 s (the requirement).
@@ -493,7 +501,7 @@ def _manual(session: Session, off: Any, row: Any) -> None:
     assignee = None
     if group is not None:
         assignee = next((a for a in (group.admins or ()) if fold(a) != off.userid_folded), None) or group.owner
-    session.execute(
+    action_id = session.execute(
         sa.insert(MANUAL).values(
             kind="offboarding_remove", group_id=row.group_id, chat_ref=group.chatid if group else None,
             userid=off.userid, assignee=assignee, offboarding_id=off.id, state="open", created_at=utcnow(),
@@ -503,8 +511,11 @@ def _manual(session: Session, off: Any, row: Any) -> None:
                 f"{row.error or row.errcode})",
                 "errcode": row.errcode, "change_id": row.id,
             },
-        )
-    )  # fmt: skip
+        ).returning(MANUAL.c.id)
+    ).scalar_one()  # fmt: skip
+    from wecom_plugin.services.membership_notices import queue_manual_notice
+
+    queue_manual_notice(session, action_id)
 
 
 def executed(session: Session, offboarding_id: int) -> list[Any]:
@@ -540,11 +551,23 @@ def cancel(session: Session, offboarding_id: int, actor: str, reason: str | None
             409,
             "executing",
         )
-    cancelled = session.execute(
-        sa.update(CHANGE)
-        .where(CHANGE.c.offboarding_id == off_id, CHANGE.c.state == "pending")
-        .values(state="cancelled", error=f"offboarding cancelled by {actor}"[:500])
-    ).rowcount
+    groups = sorted({r.group_id for r in pending})
+    try:
+        with session.begin_nested():  # a claimed chat: nothing of this is kept
+            token = _hold_chats(session, groups)
+            cancelled = session.execute(
+                sa.update(CHANGE)
+                .where(CHANGE.c.offboarding_id == off_id, CHANGE.c.state == "pending")
+                .values(state="cancelled", error=f"offboarding cancelled by {actor}"[:500])
+            ).rowcount
+            session.execute(sa.delete(LEASE).where(LEASE.c.token == token))
+    except _ChatsBusy as busy:
+        raise OffboardingError(
+            f"offboarding #{off_id} is in progress (chats {busy.groups[:5]} are being applied); it cannot be "
+            "cancelled now",
+            409,
+            "executing",
+        ) from None
     now = utcnow()
     _set(session, off_id, state="cancelled", cancelled_at=now, finished_at=now)
     session.execute(  # a scheduled offboarding's run is no longer wanted
@@ -555,6 +578,60 @@ def cancel(session: Session, offboarding_id: int, actor: str, reason: str | None
     audit.record(actor[:128], "offboarding.cancel", target=f"offboarding:{off_id}", reason=reason,
                  detail={"userid": off.userid, "cancelled_changes": cancelled}, session=session)  # fmt: skip
     return {"id": off_id, "state": "cancelled", "cancelled_changes": cancelled, "already": False}
+
+
+class _ChatsBusy(Exception):
+    def __init__(self, groups: list[int]) -> None:
+        super().__init__(f"chats {groups} are claimed")
+        self.groups = groups
+
+
+def _hold_chats(session: Session, group_ids: list[int]) -> str:
+    """Take each chat's apply claim (``chat_apply_lease``) in the caller's transaction, so no
+    executor can claim it until that commits (and then finds the rows cancelled). Raises
+    :class:`_ChatsBusy` when a live claim holds any of them. The caller deletes the claims by the
+    returned token before committing."""
+    token = secrets.token_hex(16)
+    now = utcnow()
+    until = now + timedelta(seconds=60)
+    busy = []
+    for gid in group_ids:
+        try:
+            with session.begin_nested():
+                session.execute(
+                    sa.insert(LEASE).values(group_id=gid, token=token, holder="offboarding.cancel", expires_at=until)
+                )
+            continue
+        except sa.exc.IntegrityError:
+            pass
+        taken = session.execute(  # an expired claim (a crashed process) is taken over
+            sa.update(LEASE)
+            .where(LEASE.c.group_id == gid, LEASE.c.expires_at < now)
+            .values(token=token, holder="offboarding.cancel", expires_at=until)
+        ).rowcount
+        if taken != 1:
+            busy.append(gid)
+    if busy:
+        raise _ChatsBusy(busy)
+    return token
+
+
+def cancel_overtaken(session: Session, offboarding_id: int, change_ids: list[int]) -> None:
+    """Changes of a cancelled offboarding were applied by WeCom after all (an apply had read them
+    before the cancel): the offboarding reflects what WeCom did. The caller commits."""
+    off = session.execute(sa.select(OFF).where(OFF.c.id == offboarding_id)).first()
+    if off is None or off.state != "cancelled":
+        return
+    rows = _rows(session, offboarding_id)
+    state = "partial" if any(r.state == "cancelled" for r in rows) else "done"
+    detail = dict(off.detail or {})
+    detail["cancel_overtaken"] = sorted({*detail.get("cancel_overtaken", []), *change_ids})
+    _set(session, offboarding_id, state=state, detail=detail, finished_at=utcnow())
+    audit.record(
+        ACTOR, "offboarding.cancel_overtaken", target=f"offboarding:{offboarding_id}", outcome="failure",
+        reason="cancelled while its removal was being applied: WeCom applied it",
+        detail={"userid": off.userid, "change_ids": sorted(change_ids), "state": state}, session=session,
+    )  # fmt: skip
 
 
 def _running_applies(session: Session, group_ids: list[int]) -> list[int]:

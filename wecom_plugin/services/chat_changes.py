@@ -51,7 +51,7 @@ from wecom_plugin.models.base import utcnow
 from wecom_plugin.models.dbtime import db_now
 from wecom_plugin.models.groups import ChatApplyLease
 from wecom_plugin.services import audit
-from wecom_plugin.services.directory_view import load_view, mirror_problem, people_status
+from wecom_plugin.services.directory_view import current_view, mirror_problem, people_status
 from wecom_plugin.services.governance_switches import effective
 from wecom_plugin.services.membership_check import (
     ACTOR,
@@ -481,7 +481,7 @@ def _reevaluate(engine: sa.Engine, settings: Any, work: _Apply) -> None:
             for row in checks:
                 work.outcomes[row.id] = _Outcome("cancelled", None, f"the rule is invalid now: {exc}"[:500])
             return
-        view = load_view(engine)
+        view = current_view(engine)
         evaluation = evaluate(facts, list(work.current.values()), view.directory, policy_for(settings), now)
         removals = {fold(f.userid) for f in evaluation.removals}
         additions = {fold(f.userid) for f in evaluation.additions}
@@ -696,7 +696,7 @@ class _Call:
 
 
 def _choose_owner(engine: sa.Engine, settings: Any, work: _Apply, dels: list[Any], adds: list[Any]) -> str | None:
-    view = load_view(engine)
+    view = current_view(engine)
     try:
         facts = group_facts(work.group, [], {})
     except RuleError:

@@ -281,3 +281,30 @@ def test_the_database_allows_one_running_check_and_a_crashed_one_is_abandoned(te
         db.session.commit()
     assert run_check(tenant_app, trigger="test").state == "completed"
     assert checks(tenant_app)[0].state == "abandoned"
+
+
+def test_an_apply_job_that_finds_the_chat_busy_comes_back_instead_of_finishing(tenant_app, emulator):
+    """Changes planned while another process holds the chat must not wait for the sweep (minutes)."""
+    from wecom_plugin.models.claims import ClaimState
+    from wecom_plugin.models.jobs import Job
+    from wecom_plugin.runtime.queue import enqueue
+
+    gid, chatid, (_a, _b, c) = _planned_removal_of_c(tenant_app, emulator)
+    kill_switch(tenant_app, False)
+    with tenant_app.app_context():
+        until = utcnow() + timedelta(minutes=5)
+        db.session.add(ChatApplyLease(group_id=gid, token="x" * 32, holder="other", expires_at=until))
+        job_id = enqueue("groups.apply", {"group_id": gid}, dedupe_key=f"test-busy:{gid}", session=db.session)
+        db.session.commit()
+    from wecom_plugin.jobs.worker import Worker
+
+    Worker(tenant_app).run_once()
+    with tenant_app.app_context():
+        job = db.session.get(Job, job_id)
+        assert job.state == ClaimState.READY and job.attempts == 0, (job.state, job.attempts, job.last_error)
+        db.session.execute(sa.delete(ChatApplyLease))  # the other process is done
+        db.session.execute(sa.update(Job).where(Job.id == job_id).values(due_at=utcnow()))
+        db.session.commit()
+    Worker(tenant_app).run_once()
+    assert c.casefold() not in chat_members(emulator, chatid)
+    assert len(updates(emulator, chatid)) == 1

@@ -57,6 +57,10 @@ def test_bad_requests_are_clear_4xx_and_change_nothing(tenant_app, emulator):
     assert employee.status_code == 400 and "employee" in employee.get_json()["message_en"]
     assert http.get("/api/v1/offboardings/999", headers=headers).status_code == 404
     assert http.delete("/api/v1/offboardings/999", headers=headers).status_code == 404
+    for huge in (2**31, 2**63, 10**30):  # beyond the id column: a 404, not an overflow (a 500)
+        assert http.get(f"/api/v1/offboardings/{huge}", headers=headers).status_code == 404
+        assert http.delete(f"/api/v1/offboardings/{huge}", headers=headers).status_code == 404
+    assert cli_run(tenant_app, "status", str(10**30)).exit_code != 0
     reader = key(tenant_app, "reader", ["offboarding:read"])
     assert post(http, reader, {"userid": a}).status_code == 403
     assert post(http, {"Content-Type": "application/json"}, {"userid": a}).status_code == 401

@@ -193,3 +193,38 @@ def test_each_manual_action_is_sent_to_its_assignee_once(tenant_app, emulator):
         text = str(mine)
         assert text.index("群治理待办") < text.index("Group governance to-do")
     assert not [m for m in messages_to(emulator, leaver) if "群治理待办" in str(m)]
+
+
+# --- a check's removal taken over by an offboarding belongs to the offboarding ---------------------
+def test_an_adopted_check_removal_is_not_cancelled_by_an_exemption(tenant_app, emulator):
+    """The daily check planned OTHER's removal (outside the rule); HR then offboards OTHER. The row is
+    the offboarding's now: an exemption (which cancels check rows) must not cancel it, or the
+    offboarding would end 'done' with the person still in the chat."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from wecom_plugin.models.base import utcnow
+    from wecom_plugin.models.groups import ChatChange
+    from wecom_plugin.services import group_registry
+
+    gid, chatid = dev_chat(tenant_app, [MEMBER, LEADER, OTHER], owner=LEADER, admins=[])
+    with tenant_app.app_context():
+        db.session.add(ChatChange(
+            group_id=gid, userid=OTHER, userid_folded=OTHER, action="remove", reason="outside_rule",
+            source="check", priority=1, state="pending",
+        ))  # fmt: skip
+        db.session.commit()
+    off_id = offboard(tenant_app, OTHER)
+    with tenant_app.app_context():
+        row = db.session.execute(sa.select(ChatChange).where(ChatChange.group_id == gid)).scalar_one()
+        assert (row.source, row.offboarding_id, row.priority) == ("offboarding", off_id, 0)
+        group_registry.add_exemption(
+            db.session, gid, OTHER, reason="项目需要", expires_at=utcnow() + timedelta(days=3), actor="user:test"
+        )
+        db.session.commit()
+        assert db.session.get(ChatChange, row.id).state == "pending"
+    set_mode(tenant_app, "enforce")
+    drain(tenant_app)
+    assert OTHER not in chat_members(emulator, chatid)
+    assert status(tenant_app, OTHER)["state"] == "done"

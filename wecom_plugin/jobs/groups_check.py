@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wecom_plugin.errors import PermanentError
+from wecom_plugin.errors import PermanentError, RateLimitedError
 from wecom_plugin.jobs.context import JobContext, StepOutcome
 from wecom_plugin.runtime.registry import AT_LEAST_ONCE, AT_MOST_ONCE, PeriodicDefinition, job_type, periodic_provider
 
@@ -81,7 +81,12 @@ def groups_apply(ctx: JobContext) -> dict[str, Any]:
 
     group_id = ctx.payload.get("group_id")
     if group_id is not None:
-        return apply_chat(ctx.app, int(group_id), ctx.ensure_lease, step=_step(ctx))
+        outcome = apply_chat(ctx.app, int(group_id), ctx.ensure_lease, step=_step(ctx))
+        if outcome.get("state") == "busy":
+            # Another process holds the chat: come back in a second (attempt not spent) rather than
+            # finish, or changes planned meanwhile would wait for the sweep (minutes).
+            raise ChatBusy(f"chat of group {group_id} is being applied by another process", retry_after=1.0)
+        return outcome
     chats = next_chats(db.session, 1000)
     db.session.rollback()
     results = []
@@ -91,6 +96,10 @@ def groups_apply(ctx: JobContext) -> dict[str, Any]:
         if outcome.get("state") == "held":
             return {"state": "held", "chats": results[-50:]}
     return {"state": "done", "chats": results[-50:]}
+
+
+class ChatBusy(RateLimitedError):
+    """Another process is applying this chat; nothing was sent."""
 
 
 @job_type("groups.notify", delivery=AT_MOST_ONCE, max_attempts=5)

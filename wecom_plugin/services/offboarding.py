@@ -84,6 +84,7 @@ COALESCE_WINDOW_SECONDS = 0.5
 REUSE_FINISHED_DAYS = 30
 
 SOURCES = ("directory", "hr", "cli")
+MAX_ID = 2**31 - 1  # offboarding.id is a 32-bit integer on PostgreSQL
 OPEN_STATES = ("scheduled", "pending", "running")
 FINISHED_STATES = ("done", "partial", "failed")
 ALIAS_STATE = "duplicate"  # a request that resolved to another offboarding (``detail.same_as``)
@@ -370,10 +371,12 @@ def plan(session: Session, offboarding_id: int, defer_apply: list[int] | None = 
         if existing.action == "remove":
             if existing.offboarding_id in (None, off.id):
                 if existing.offboarding_id is None:
+                    # Taken over, it is the offboarding's removal: source "offboarding", so rule edits,
+                    # exemptions, re-evaluation and the brake (which act on check rows) leave it alone.
                     session.execute(
                         sa.update(CHANGE)
                         .where(CHANGE.c.id == existing.id, CHANGE.c.state == "pending")
-                        .values(offboarding_id=off.id, priority=0)
+                        .values(offboarding_id=off.id, priority=0, source="offboarding", reason=row["reason"])
                     )
                     adopted += 1
                 ours.append(gid)
@@ -529,7 +532,9 @@ def cancel(session: Session, offboarding_id: int, actor: str, reason: str | None
     Raises:
         OffboardingError: unknown (404); already executed, finished or being executed now (409).
     """
-    row = session.execute(sa.select(OFF).where(OFF.c.id == offboarding_id)).first()
+    row = None
+    if 1 <= offboarding_id <= MAX_ID:  # beyond the column's range: not found, not an overflow
+        row = session.execute(sa.select(OFF).where(OFF.c.id == offboarding_id)).first()
     if row is None:
         raise OffboardingError(f"no offboarding #{offboarding_id}", 404, "not_found")
     off_id = _canonical_id(row)
@@ -764,6 +769,8 @@ def sweep(app: Any) -> dict[str, Any]:
 def find(session: Session, ref: int | str) -> Any | None:
     """An offboarding by id, or the latest (canonical) one of a userid."""
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit() and not _person_exists(session, ref)):
+        if not 1 <= int(ref) <= MAX_ID:  # an id the column cannot hold: not found, not an overflow
+            return None
         row = session.execute(sa.select(OFF).where(OFF.c.id == int(ref))).first()
         if row is not None and row.state == ALIAS_STATE:
             row = session.execute(sa.select(OFF).where(OFF.c.id == _canonical_id(row))).first()

@@ -187,3 +187,26 @@ def test_a_departure_record_of_someone_already_back_does_nothing(tenant_app, emu
     sync_mirror(tenant_app)
     drain(tenant_app)  # both records consumed in order: the disablement finds them active again
     assert updates(emulator) == [] and not removals(tenant_app)
+
+
+def test_a_rehire_after_part_of_the_chats_were_done_keeps_them_in_the_rest(tenant_app, emulator):
+    """Disabled while in two chats: one chat is changed, then the directory says they are back.
+    The second chat must not remove an active person (no active user removed)."""
+    from wecom_plugin.services.chat_changes import apply_chat
+
+    leaver, a, b = people(emulator, 3)
+    first, first_chat = chat(tenant_app, [a, b, leaver])
+    second, second_chat = chat(tenant_app, [a, b, leaver])
+    set_mode(tenant_app, "enforce")
+    emulator.admin("directory/disable", userid=leaver)
+    sync_mirror(tenant_app)
+    with tenant_app.app_context():
+        service.consume_outbox(db.engine, "test")
+    assert apply_chat(tenant_app, first)["state"] == "applied"
+    assert leaver.casefold() not in chat_members(emulator, first_chat)
+    emulator.admin("directory/enable", userid=leaver)
+    sync_mirror(tenant_app)
+    apply_chat(tenant_app, second)
+    drain(tenant_app)
+    assert leaver.casefold() in chat_members(emulator, second_chat)
+    assert sorted(c.state for c in removals(tenant_app)) == ["applied", "cancelled"]

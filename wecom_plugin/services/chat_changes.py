@@ -443,7 +443,14 @@ def _settle(engine: sa.Engine, work: _Apply) -> None:
         if row.action == "remove":
             if folded not in work.current:
                 work.outcomes[row.id] = _Outcome("skipped", None, "not in the chat any more")
-            elif row.reason in REHIRE_REASONS and status == ACTIVE and row.source != "offboarding":
+            elif (
+                row.reason in REHIRE_REASONS
+                and status == ACTIVE
+                and (row.source != "offboarding" or row.reason in ("departed", "disabled"))
+            ):
+                # A removal because the directory said they left (a check's, or a directory-triggered
+                # offboarding's) is void once the directory says they are back, however far the
+                # offboarding got. An HR offboarding (reason "offboarding") is cancelled only by HR.
                 work.outcomes[row.id] = _Outcome("cancelled", None, "active in the directory again (rehired)")
         elif row.action == "add":
             if folded in work.current:

@@ -95,6 +95,13 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
             return sum("实名" in str(m.get("content")) for m in messages) >= 2
 
         procs.wait_for(welcomed, 30, interval=0.5, what="the welcome messages in the governed chats")
+        # The demo's enforce mode is stored, so a command in another shell sees it too.
+        mode = subprocess.run(
+            [sys.executable, "-m", "wecom_plugin", "groups", "mode", "--json"],
+            cwd=ROOT, env=_env(WECOM_SANDBOX="true", DATABASE_URL=database), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert json.loads(mode.stdout)["mode"] == "enforce", mode.stdout + mode.stderr
 
         # The leaver is a member (not the owner) of the governed 信息技术部 chat: the departure record
         # starts an offboarding and the demo (enforce mode) takes them out of the chat.

@@ -86,12 +86,17 @@ def seed_groups(app: Flask) -> list[dict[str, Any]]:
     from wecom_plugin.extensions import db
     from wecom_plugin.models.directory import Department, Person
     from wecom_plugin.runtime.queue import enqueue
-    from wecom_plugin.services import group_registry
+    from wecom_plugin.services import governance_switches, group_registry
     from wecom_plugin.services.directory_sync import run_sync
 
     run_sync(app, trigger="demo")  # a 200-person tenant: well under a second
     seeded: list[dict[str, Any]] = []
     with app.app_context():
+        # Enforce mode, stored as an operator's choice (audited), so the CLI in another shell and
+        # every process of the demo see the same mode. Sandbox only: a real install starts in observe.
+        default_mode = app.extensions["wecom_settings"].governance_mode
+        governance_switches.set_mode(db.session, "demo", "enforce", default_mode, reason="沙箱演示 sandbox demo")
+        db.session.commit()
         for dept_name, name, purpose, scope, confidentiality, quiet in DEMO_GROUPS:
             dept = db.session.execute(sa.select(Department).where(Department.name == dept_name)).scalar_one_or_none()
             if dept is None:
@@ -147,7 +152,7 @@ def start(
         contact_callback_url=f"{plugin}/wecom/callback/contacts",
     )
     try:
-        overrides: dict[str, Any] = {**creds.env(), "GOVERNANCE_MODE": "enforce", **(extra or {})}
+        overrides: dict[str, Any] = {**creds.env(), **(extra or {})}
         app = create_app(overrides)
         admins = it_admins(app)
         office = department_leaders(app, GENERAL_OFFICE)

@@ -18,7 +18,7 @@ depends_on = None
 def upgrade():
     op.create_table('chat_apply_lease',
     sa.Column('group_id', sa.Integer(), autoincrement=False, nullable=False),
-    sa.Column('token', sa.String(length=32), nullable=False),
+    sa.Column('fence', sa.String(length=32), nullable=False),
     sa.Column('holder', sa.String(length=128), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('group_id', name=op.f('pk_chat_apply_lease'))

@@ -183,7 +183,7 @@ def test_an_expired_claim_is_taken_over_and_a_live_one_is_left_alone(tenant_app,
     kill_switch(tenant_app, False)
     with tenant_app.app_context():
         until = utcnow() + timedelta(minutes=5)
-        db.session.add(ChatApplyLease(group_id=gid, token="x" * 32, holder="other", expires_at=until))
+        db.session.add(ChatApplyLease(group_id=gid, fence="x" * 32, holder="other", expires_at=until))
         db.session.commit()
     assert apply_chat(tenant_app, gid)["state"] == "busy" and updates(emulator) == []
     # A check leaves the claimed chat's pending rows alone.
@@ -293,7 +293,7 @@ def test_an_apply_job_that_finds_the_chat_busy_comes_back_instead_of_finishing(t
     kill_switch(tenant_app, False)
     with tenant_app.app_context():
         until = utcnow() + timedelta(minutes=5)
-        db.session.add(ChatApplyLease(group_id=gid, token="x" * 32, holder="other", expires_at=until))
+        db.session.add(ChatApplyLease(group_id=gid, fence="x" * 32, holder="other", expires_at=until))
         job_id = enqueue("groups.apply", {"group_id": gid}, dedupe_key=f"test-busy:{gid}", session=db.session)
         db.session.commit()
     from wecom_plugin.jobs.worker import Worker

@@ -132,7 +132,7 @@ def test_cancel_while_an_apply_holds_the_chat_is_refused_and_changes_nothing(ten
     set_mode(tenant_app, "observe")
     off_id = offboard(tenant_app, OTHER)
     with tenant_app.app_context():  # an executor claimed the chat (its job is not "running" yet)
-        db.session.add(ChatApplyLease(group_id=gid, token="x" * 32, holder="t", expires_at=utcnow() + timedelta(60)))
+        db.session.add(ChatApplyLease(group_id=gid, fence="x" * 32, holder="t", expires_at=utcnow() + timedelta(60)))
         db.session.commit()
         with pytest.raises(service.OffboardingError) as refused:
             service.cancel(db.session, off_id, "user:test")

@@ -189,7 +189,7 @@ class MembershipCheck(Base):
 class ChatApplyLease(Base):
     """The claim of one chat by the process applying its changes (``chat_changes.apply_chat``).
 
-    Taken by insert (or compare-and-set on an expired one) before the chat is re-read; ``token``
+    Taken by insert (or compare-and-set on an expired one) before the chat is re-read; ``fence``
     fences the holder: every later write checks it. A second applier, or a check planning the
     chat, finds the live claim and leaves the chat alone; an expired claim (a crashed process)
     is taken over and the chat re-read first.
@@ -198,7 +198,7 @@ class ChatApplyLease(Base):
     __tablename__ = "chat_apply_lease"
 
     group_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
-    token: Mapped[str] = mapped_column(sa.String(32))
+    fence: Mapped[str] = mapped_column(sa.String(32))  # the holder's random fence value, not a secret
     holder: Mapped[str] = mapped_column(sa.String(128), default="")
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

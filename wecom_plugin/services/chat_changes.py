@@ -139,7 +139,7 @@ class _Apply:
     chosen_owner: str | None = None  # picked here (no owner change was planned)
     calls: int = 0
     notes: list[str] = field(default_factory=list)
-    token: str = ""  # the claim's fence token
+    fence: str = ""  # the claim's fence (a random value, not a secret)
     held: set[int] = field(default_factory=set)  # row ids left pending on purpose (untrusted mirror)
 
 
@@ -176,20 +176,20 @@ def _apply_chat(app: Any, group_id: int, guard: Callable[[], None] | None, step:
     if group is None or not rows:
         return {**result, "state": "nothing"}
     if group.status != "active":
-        token = _claim(engine, group_id)
-        if token is None:
+        fence = _claim(engine, group_id)
+        if fence is None:
             return {**result, "state": "busy", "reason": "another process is applying this chat"}
         try:
             n = _cancel_all(engine, group, f"the group is {group.status}: no longer governed")
         finally:
-            _release(engine, group_id, token)
+            _release(engine, group_id, fence)
         return {**result, "state": "cancelled", "reason": f"group {group.status}", "cancelled": n}
     if not switches.may_change_chats:
         return {**result, "state": "held", "reason": _held(switches)}
     if not group.chatid:
         return {**result, "state": "held", "reason": "the group has no chat"}
-    token = _claim(engine, group_id)
-    if token is None:
+    fence = _claim(engine, group_id)
+    if fence is None:
         return {**result, "state": "busy", "reason": "another process is applying this chat"}
     try:
         with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
@@ -202,10 +202,10 @@ def _apply_chat(app: Any, group_id: int, guard: Callable[[], None] | None, step:
                 return {**result, "state": "held", "reason": "brake: waiting for a confirmation"}
         if group is None or group.status != "active" or not rows:
             return {**result, "state": "nothing"}
-        work = _Apply(group, rows, token=token)
+        work = _Apply(group, rows, fence=fence)
         return _apply_claimed(app, engine, settings, work, guard, step, result)
     finally:
-        _release(engine, group_id, token)
+        _release(engine, group_id, fence)
 
 
 class _Held(Exception):
@@ -258,41 +258,41 @@ def _apply_claimed(
 
 # --- the claim (one applier per chat) -------------------------------------------------------------
 def _claim(engine: sa.Engine, group_id: int) -> str | None:
-    """Claim the chat for this apply: a fence token, or None when another live claim holds it."""
-    token = secrets.token_hex(16)
+    """Claim the chat for this apply: a fence value, or None when another live claim holds it."""
+    fence = secrets.token_hex(16)
     now = utcnow()
     until = now + timedelta(seconds=LEASE_SECONDS)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.insert(LEASE).values(group_id=group_id, token=token, holder=_holder(), expires_at=until))
-        return token
+            conn.execute(sa.insert(LEASE).values(group_id=group_id, fence=fence, holder=_holder(), expires_at=until))
+        return fence
     except sa.exc.IntegrityError:
         pass
     with engine.begin() as conn:  # an expired claim (a crashed process) is taken over
         taken = conn.execute(
             sa.update(LEASE)
             .where(LEASE.c.group_id == group_id, LEASE.c.expires_at < now)
-            .values(token=token, holder=_holder(), expires_at=until)
+            .values(fence=fence, holder=_holder(), expires_at=until)
         ).rowcount
-    return token if taken == 1 else None
+    return fence if taken == 1 else None
 
 
 def _renew(engine: sa.Engine, work: _Apply) -> None:
-    """Right before a call: still ours? (compare-and-set on the token), and extend it."""
+    """Right before a call: still ours? (compare-and-set on the fence), and extend it."""
     with engine.begin() as conn:
         ours = conn.execute(
             sa.update(LEASE)
-            .where(LEASE.c.group_id == work.group.id, LEASE.c.token == work.token)
+            .where(LEASE.c.group_id == work.group.id, LEASE.c.fence == work.fence)
             .values(expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS))
         ).rowcount
     if ours != 1:
         raise _Held("the claim on this chat was lost")
 
 
-def _release(engine: sa.Engine, group_id: int, token: str) -> None:
+def _release(engine: sa.Engine, group_id: int, fence: str) -> None:
     try:
         with engine.begin() as conn:
-            conn.execute(sa.delete(LEASE).where(LEASE.c.group_id == group_id, LEASE.c.token == token))
+            conn.execute(sa.delete(LEASE).where(LEASE.c.group_id == group_id, LEASE.c.fence == fence))
     except Exception:  # noqa: BLE001 - it expires anyway
         log.exception("group %s: releasing the apply claim failed", group_id)
 

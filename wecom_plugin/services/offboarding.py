@@ -559,13 +559,13 @@ def cancel(session: Session, offboarding_id: int, actor: str, reason: str | None
     groups = sorted({r.group_id for r in pending})
     try:
         with session.begin_nested():  # a claimed chat: nothing of this is kept
-            token = _hold_chats(session, groups)
+            fence = _hold_chats(session, groups)
             cancelled = session.execute(
                 sa.update(CHANGE)
                 .where(CHANGE.c.offboarding_id == off_id, CHANGE.c.state == "pending")
                 .values(state="cancelled", error=f"offboarding cancelled by {actor}"[:500])
             ).rowcount
-            session.execute(sa.delete(LEASE).where(LEASE.c.token == token))
+            session.execute(sa.delete(LEASE).where(LEASE.c.fence == fence))
     except _ChatsBusy as busy:
         raise OffboardingError(
             f"offboarding #{off_id} is in progress (chats {busy.groups[:5]} are being applied); it cannot be "
@@ -595,8 +595,8 @@ def _hold_chats(session: Session, group_ids: list[int]) -> str:
     """Take each chat's apply claim (``chat_apply_lease``) in the caller's transaction, so no
     executor can claim it until that commits (and then finds the rows cancelled). Raises
     :class:`_ChatsBusy` when a live claim holds any of them. The caller deletes the claims by the
-    returned token before committing."""
-    token = secrets.token_hex(16)
+    returned fence before committing."""
+    fence = secrets.token_hex(16)
     now = utcnow()
     until = now + timedelta(seconds=60)
     busy = []
@@ -604,7 +604,7 @@ def _hold_chats(session: Session, group_ids: list[int]) -> str:
         try:
             with session.begin_nested():
                 session.execute(
-                    sa.insert(LEASE).values(group_id=gid, token=token, holder="offboarding.cancel", expires_at=until)
+                    sa.insert(LEASE).values(group_id=gid, fence=fence, holder="offboarding.cancel", expires_at=until)
                 )
             continue
         except sa.exc.IntegrityError:
@@ -612,13 +612,13 @@ def _hold_chats(session: Session, group_ids: list[int]) -> str:
         taken = session.execute(  # an expired claim (a crashed process) is taken over
             sa.update(LEASE)
             .where(LEASE.c.group_id == gid, LEASE.c.expires_at < now)
-            .values(token=token, holder="offboarding.cancel", expires_at=until)
+            .values(fence=fence, holder="offboarding.cancel", expires_at=until)
         ).rowcount
         if taken != 1:
             busy.append(gid)
     if busy:
         raise _ChatsBusy(busy)
-    return token
+    return fence
 
 
 def cancel_overtaken(session: Session, offboarding_id: int, change_ids: list[int]) -> None:

@@ -48,12 +48,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -64,7 +62,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sync import (  # noqa: E402 - bench/ is on sys.path when a script runs
+from common import run_environment  # noqa: E402 - bench/ is on sys.path when a script runs
+from sync import (  # noqa: E402
     OUR_AGENTID,
     Budget,
     Emulator,
@@ -641,18 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             db.drop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    env = {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "load_average_at_end": list(os.getloadavg()),
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "emulator_peak_rss_mb": emulator_rss,
-    }
-    for res in results:
-        env[f"{res['database']}_version"] = res["steps"]["database_version"]
+    env = run_environment(started, emulator_rss, results)
     print(
         f"\nDaily member check, {env['date_utc']}: {tenant['chats']:,} app chats of {tenant['members_min']}–"
         f"{tenant['members_max']} members ({tenant['seats']:,} seats, {tenant['distinct_members']:,} distinct people) "

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -67,7 +66,7 @@ from typing import Any
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
 
-from common import migrate  # noqa: E402 - bench/ is on sys.path when a script runs
+from common import migrate, run_environment  # noqa: E402 - bench/ is on sys.path when a script runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -881,18 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             db.drop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    env = {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "load_average_at_end": list(os.getloadavg()),
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "emulator_peak_rss_mb": emulator_rss,
-    }
-    for res in results:
-        env[f"{res['database']}_version"] = res["steps"]["database_version"]
+    env = run_environment(started, emulator_rss, results)
     concurrency = results[0]["steps"]["first_sync"]["concurrency"] if results else args.concurrency
     print(
         f"\nDirectory sync, {env['date_utc']}: {tenant['members']:,} members in {tenant['departments']:,} departments "

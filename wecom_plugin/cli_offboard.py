@@ -11,7 +11,6 @@ Chinese first, English second; ``--json`` for scripts; errors end in one line (e
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 import click
 from flask.cli import with_appcontext
@@ -83,11 +82,9 @@ def offboard_start(userid: str, at: str | None, actor: str | None, reason: str |
     effective_at = None
     if at:
         try:
-            effective_at = datetime.fromisoformat(at)
-        except ValueError:
-            raise click.ClickException(f"--at 时间格式不正确 / --at is not ISO 8601: {at!r}") from None
-        if effective_at.tzinfo is None:
-            raise click.ClickException("--at 需带时区，如 2025-01-31T18:00+08:00 / --at needs a UTC offset")
+            effective_at = service.parse_effective_at(at)
+        except ValueError as exc:
+            raise click.ClickException(f"--at 时间格式不正确（ISO 8601，带时区）/ --at: {exc}") from None
     try:
         started = service.start_offboarding(
             db.session, userid=userid, source="cli", effective_at=effective_at, requested_by=f"user:{actor}",

@@ -51,6 +51,11 @@ def test_bad_requests_are_clear_4xx_and_change_nothing(tenant_app, emulator):
     assert post(http, headers, {"userid": a, "colour": "red"}).status_code == 400
     assert post(http, headers, {"userid": a, "effective_at": "tomorrow"}).status_code == 400
     assert post(http, headers, {"userid": a, "effective_at": "2030-01-01T00:00:00"}).status_code == 400  # no offset
+    for edge in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):  # not expressible in UTC
+        out_of_range = post(http, headers, {"userid": a, "effective_at": edge})
+        assert out_of_range.status_code == 400 and "out of range" in out_of_range.get_json()["message_en"]
+        refused = cli_run(tenant_app, a, "--at", edge, "--by", "王磊")
+        assert refused.exit_code != 0 and "out of range" in refused.output
     unknown = post(http, headers, {"userid": "nobody-here"})
     assert unknown.status_code == 404 and unknown.get_json()["error"] == "unknown_person"
     employee = post(http, headers, {"employee_id": "E1001"})

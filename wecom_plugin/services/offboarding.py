@@ -43,7 +43,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -123,6 +123,23 @@ def _pg(session: Session) -> bool:
 
 
 # --- start ----------------------------------------------------------------------------------------
+def parse_effective_at(value: Any) -> datetime:
+    """An ``effective_at`` given as ISO 8601 text with a UTC offset, as an aware UTC datetime.
+
+    Raises ValueError (a message for people, English) for anything else: not a string, no offset,
+    or a moment that cannot be expressed in UTC (year 1 or 9999 with an offset overflows).
+    """
+    if not isinstance(value, str):
+        raise ValueError("effective_at must be an ISO 8601 string")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("effective_at needs a UTC offset, e.g. 2025-01-31T18:00:00+08:00")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"effective_at {value!r} is out of range") from None
+
+
 def start_offboarding(
     session: Session,
     *,

@@ -16,7 +16,6 @@ is stored when a request is refused.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import g, jsonify, request
@@ -44,15 +43,6 @@ def _refused(exc: Any):
         422: "幂等键已用于不同的请求",
     }.get(exc.status, "请求无效")
     return _error(exc.status, exc.code, zh, str(exc))
-
-
-def _parse_time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError("effective_at must be an ISO 8601 string")
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError("effective_at needs a UTC offset, e.g. 2025-01-31T18:00:00+08:00")
-    return parsed
 
 
 @bp.post("/offboardings")
@@ -83,7 +73,7 @@ def start_offboarding():
     effective_at = None
     if body.get("effective_at") not in (None, ""):
         try:
-            effective_at = _parse_time(body["effective_at"])
+            effective_at = service.parse_effective_at(body["effective_at"])
         except ValueError as exc:
             return _error(400, "invalid", "effective_at 格式不正确（ISO 8601，带时区）", str(exc))
     key = request.headers.get("Idempotency-Key")

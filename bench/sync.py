@@ -146,11 +146,13 @@ def build_org(members: int, departments: int, seed: int = 1) -> dict[str, Any]:
 class Emulator:
     """``python -m wecom_plugin.emulator`` on a free loopback port, output drained, bounded start-up."""
 
-    def __init__(self, org_path: Path, log_path: Path, timeout: float) -> None:
+    def __init__(
+        self, org_path: Path, log_path: Path, timeout: float, *, clock: str = "manual", flags: tuple[str, ...] = ()
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         cmd = [sys.executable, "-m", "wecom_plugin.emulator", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--org", str(org_path), "--clock", "manual", "--no-verify"]
-        for flag in EMULATOR_FLAGS:
+        cmd += ["--org", str(org_path), "--clock", clock, "--no-verify"]
+        for flag in EMULATOR_FLAGS + flags:
             cmd += ["--flag", flag]
         self.log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

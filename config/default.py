@@ -33,8 +33,11 @@ WECOM_BUDGET_HEADROOM = "0.9"
 JOB_LEASE_SECONDS = "60"
 # How many jobs a worker claims in one statement.
 WORKER_BATCH_SIZE = "20"
-# Seconds an idle worker sleeps between polls.
-WORKER_POLL_INTERVAL = "1.0"
+# Seconds an idle worker sleeps between polls (less when a queued job falls due sooner).
+WORKER_POLL_INTERVAL = "0.5"
+# Threads per worker process: jobs mostly wait on WeCom, so threads give the parallelism
+# (an offboarding's 50 chats are updated 4 at a time instead of one after another).
+WORKER_THREADS = "4"
 # Default attempt budget for jobs that do not declare their own.
 JOB_MAX_ATTEMPTS = "5"
 # Seconds between clock ticks.

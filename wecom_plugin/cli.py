@@ -142,14 +142,16 @@ def demo_command(host: str, port: int, sandbox_port: int, org: str) -> None:
 @click.option("--batch-size", type=int, default=None, help="Jobs claimed per statement (default WORKER_BATCH_SIZE).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs (tests, benchmarks).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job is due (tests, benchmarks).")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Threads in this process (WORKER_THREADS).")
 @with_appcontext
-def worker_command(batch_size: int | None, max_jobs: int | None, exit_when_idle: bool) -> None:
-    """Claim and run background jobs until SIGTERM (the current job is finished first)."""
-    from wecom_plugin.jobs.worker import Worker
+def worker_command(batch_size: int | None, max_jobs: int | None, exit_when_idle: bool, threads: int | None) -> None:
+    """Claim and run background jobs until SIGTERM (the running jobs are finished first)."""
+    from wecom_plugin.jobs.worker import run_threads
 
-    worker = Worker(current_app._get_current_object(), batch_size=batch_size)
-    worker.install_signal_handlers()
-    worker.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    app = current_app._get_current_object()
+    # --max-jobs counts jobs exactly (tests, benchmarks): one thread unless --threads says otherwise.
+    count = threads or (1 if max_jobs is not None else app.extensions["wecom_settings"].worker_threads)
+    run_threads(app, count, batch_size=batch_size, max_jobs=max_jobs, exit_when_idle=exit_when_idle)
 
 
 @cli.command("clock")

@@ -79,6 +79,7 @@ class Settings:
     job_lease_seconds: float
     worker_batch_size: int
     worker_poll_interval: float
+    worker_threads: int
     job_max_attempts: int
     clock_tick_seconds: float
     heartbeat_stale_seconds: float
@@ -229,6 +230,7 @@ def load_settings(
         job_lease_seconds=v.number("JOB_LEASE_SECONDS", minimum=1.0),
         worker_batch_size=v.integer("WORKER_BATCH_SIZE", minimum=1, maximum=1000),
         worker_poll_interval=v.number("WORKER_POLL_INTERVAL", minimum=0.01),
+        worker_threads=v.integer("WORKER_THREADS", minimum=1, maximum=64),
         job_max_attempts=v.integer("JOB_MAX_ATTEMPTS", minimum=1, maximum=100),
         clock_tick_seconds=v.number("CLOCK_TICK_SECONDS", minimum=0.05),
         heartbeat_stale_seconds=v.number("HEARTBEAT_STALE_SECONDS", minimum=1.0),

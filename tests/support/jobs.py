@@ -109,3 +109,21 @@ def leaves_transaction_open(ctx) -> dict:
     db.session.execute(sa.text("SELECT 1"))
     ctx.ensure_lease()
     return {}
+
+
+CONCURRENCY = {"now": 0, "max": 0}
+_CONCURRENCY_LOCK = __import__("threading").Lock()
+
+
+@job_type("test.concurrent", delivery=AT_LEAST_ONCE)
+def concurrent(ctx) -> dict:
+    """Waits ``seconds`` like a WeCom call would, counting how many run at once in this process."""
+    with _CONCURRENCY_LOCK:
+        CONCURRENCY["now"] += 1
+        CONCURRENCY["max"] = max(CONCURRENCY["max"], CONCURRENCY["now"])
+    try:
+        time.sleep(ctx.payload.get("seconds", 0.2))
+    finally:
+        with _CONCURRENCY_LOCK:
+            CONCURRENCY["now"] -= 1
+    return {}

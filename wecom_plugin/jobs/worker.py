@@ -8,6 +8,9 @@ Any number of workers (processes or threads) can run against one database; the c
   a VM freeze) finds them lost when it resumes and makes no further external call for them.
 * SIGTERM (or :meth:`Worker.stop`) lets the running job finish; jobs claimed but not started
   are handed back at once.
+* :func:`run_threads` runs several workers as threads of one process (``WORKER_THREADS``):
+  jobs mostly wait on WeCom, so threads give the parallelism.
+* An idle worker sleeps until the next ready job is due, at most ``WORKER_POLL_INTERVAL``.
 * Failures follow :mod:`wecom_plugin.errors`: rate limits reschedule without spending an attempt,
   permanent errors and exhausted budgets go ``dead`` with an alert, the rest retry with backoff.
 """
@@ -103,7 +106,7 @@ class Worker:
                 if not ran:
                     if exit_when_idle:
                         break
-                    self._stop.wait(self.poll_interval)
+                    self._stop.wait(self._idle_seconds())
         finally:
             self._stop.set()
             keeper.join(timeout=5)
@@ -115,14 +118,6 @@ class Worker:
     def stop(self) -> None:
         """Finish the running job, hand back the others, then return from :meth:`run`."""
         self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        def _handler(signum, _frame):
-            log.info("worker %s got signal %s: finishing the current job", self.owner, signum)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, _handler)
-        signal.signal(signal.SIGINT, _handler)
 
     def run_once(self) -> int:
         """Claim one batch and run it. Returns how many jobs were claimed."""
@@ -151,6 +146,24 @@ class Worker:
                 with self._held_lock:
                     self._held.pop(claimed.id, None)
         return len(batch)
+
+    def _idle_seconds(self) -> float:
+        """How long an idle worker sleeps: until the next ready job is due, at most the poll
+        interval. A job queued a fraction of a second ahead (the offboarding coalescing window)
+        then runs when it is due, not up to a whole poll later. A read only; no lock taken."""
+        names = self._names if self._names is not None else registry.known_names()
+        try:
+            with self.engine.connect() as conn:
+                due, now = conn.execute(
+                    sa.select(sa.func.min(JOB.c.due_at), sql_now()).where(
+                        JOB.c.state == ClaimState.READY, JOB.c.name.in_(names)
+                    )
+                ).one()
+        except sa.exc.SQLAlchemyError:
+            return self.poll_interval
+        if due is None or now is None:
+            return self.poll_interval
+        return min(self.poll_interval, max((due - now).total_seconds(), 0.01))
 
     def _reclaim_due(self) -> bool:
         """Look for expired leases at most every quarter lease: they are rare, ready jobs are not."""
@@ -281,6 +294,9 @@ class Worker:
                     # writes make sure that is safe. Keep trying.
                     log.warning("worker %s lease renewal failed: %s", self.owner, exc.__class__.__name__)
                     continue
+                with self._held_lock:
+                    # a job that finished while we renewed is not lost, only done
+                    lost = [job_id for job_id in lost if job_id in self._held]
                 for job_id in lost:
                     log.warning("worker %s lost the lease of job %s", self.owner, job_id)
                 self._beat()
@@ -320,6 +336,52 @@ class Worker:
         with self._held_lock:
             self._held.pop(job_id, None)
         return [(i, f) for i, f in held if i != job_id]
+
+
+def run_threads(
+    app: Flask,
+    threads: int,
+    *,
+    batch_size: int | None = None,
+    max_jobs: int | None = None,
+    exit_when_idle: bool = False,
+    install_signals: bool = True,
+) -> int:
+    """Run ``threads`` workers in this process until SIGTERM; returns the jobs they ran.
+
+    Jobs mostly wait on WeCom (50-300 ms a call), so threads, not processes, give the
+    parallelism: 50 chats of one offboarding are updated by several threads at once instead of
+    one after another. Each thread is a :class:`Worker` with its own owner id and claims its own
+    share of the batch size (at least 1), so one thread does not take every due job while the
+    others sleep. ``max_jobs`` counts per thread."""
+    settings = app.extensions["wecom_settings"]
+    size = batch_size or settings.worker_batch_size
+    per_thread = max(1, size // max(threads, 1))
+    workers = [Worker(app, batch_size=per_thread) for _ in range(max(threads, 1))]
+    if install_signals:
+
+        def _handler(signum, _frame):
+            log.info("worker process got signal %s: finishing the running jobs", signum)
+            for w in workers:
+                w.stop()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+    if len(workers) == 1:
+        return workers[0].run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    pool = [
+        threading.Thread(
+            target=w.run, kwargs={"max_jobs": max_jobs, "exit_when_idle": exit_when_idle}, name=f"worker-{i}"
+        )
+        for i, w in enumerate(workers)
+    ]
+    for thread in pool:
+        thread.start()
+    # join with a timeout so the main thread stays responsive to signals
+    while any(t.is_alive() for t in pool):
+        for thread in pool:
+            thread.join(timeout=0.5)
+    return sum(w.jobs_done for w in workers)
 
 
 class _JobView:

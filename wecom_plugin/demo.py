@@ -15,6 +15,8 @@ feature; today it shows:
   welcome message, the general office (综合办公室) told, and a member check queued (a new group's
   first check is a dry run). The demo runs in enforce mode against the sandbox; a real install
   starts in observe mode (GOVERNANCE_MODE).
+* the approval card: a third request (人力资源部) is left waiting; its leader has the interactive card
+  (同意 / 驳回) on the tenant's page, and a click through the tenant's admin API decides it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ DEMO_GROUPS = (
         "财务部", "财务部工作群", "财务工作安排与报表通报",
         "预算、报销、月结事项；涉密数据不得在群内发送", "confidential", ["12:00-13:30", "18:00-21:00"],
     ),
+)  # fmt: skip
+# A request left waiting for its approver's click on the card (same shape as DEMO_GROUPS).
+DEMO_PENDING = (
+    "人力资源部", "人力资源部招聘协作群", "招聘进度沟通与面试安排",
+    "招聘需求、面试排期；候选人个人信息不得在群内发送", "confidential", ["12:00-13:30"],
 )  # fmt: skip
 
 
@@ -97,7 +104,8 @@ def seed_groups(app: Flask) -> list[dict[str, Any]]:
         default_mode = app.extensions["wecom_settings"].governance_mode
         governance_switches.set_mode(db.session, "demo", "enforce", default_mode, reason="沙箱演示 sandbox demo")
         db.session.commit()
-        for dept_name, name, purpose, scope, confidentiality, quiet in DEMO_GROUPS:
+        for spec, approve in [*((g, True) for g in DEMO_GROUPS), (DEMO_PENDING, False)]:
+            dept_name, name, purpose, scope, confidentiality, quiet = spec
             dept = db.session.execute(sa.select(Department).where(Department.name == dept_name)).scalar_one_or_none()
             if dept is None:
                 continue
@@ -117,14 +125,15 @@ def seed_groups(app: Flask) -> list[dict[str, Any]]:
                     confidentiality=confidentiality, quiet_windows=quiet, actor="demo",
                 )  # fmt: skip
                 db.session.flush()
-                group_registry.decide(db.session, group.id, approve=True, actor_userid=leader, reason="演示 demo")
+                if approve:  # else its approval card waits for the leader's click
+                    group_registry.decide(db.session, group.id, approve=True, actor_userid=leader, reason="演示 demo")
                 db.session.commit()
             except group_registry.RegistryError as exc:
                 db.session.rollback()
                 log.warning("demo group %s not registered: %s", name, exc)
                 continue
-            seeded.append({"id": group.id, "name": name, "owner": leader})
-        if seeded:
+            seeded.append({"id": group.id, "name": name, "owner": leader, "approved": approve})
+        if any(g["approved"] for g in seeded):
             later = timedelta(seconds=15)  # after the worker has created the chats
             enqueue("groups.check", {"trigger": "demo"}, dedupe_key=f"demo-check:{time.time():.0f}", run_after=later)
             db.session.commit()
@@ -195,8 +204,17 @@ def _banner(host: str, port: int, creds: Any, admins: list[str], groups: list[di
             "  目录镜像 directory mirror: `WECOM_SANDBOX=true .venv/bin/wecom-plugin directory status`"
             " (synced at start, reconciled every DIRECTORY_SYNC_MINUTES).",
             "  受管群 governed groups (执行模式 enforce mode, sandbox only): "
-            + (", ".join(f"#{g['id']} {g['name']} (群主 owner {g['owner']})" for g in groups) or "-"),
+            + (", ".join(f"#{g['id']} {g['name']} (群主 owner {g['owner']})" for g in groups if g["approved"]) or "-"),
             "    -> chats created on approval, welcome posted, 综合办公室 told; see the tenant UI.",
+            *(
+                f"  审批卡片 approval card: #{g['id']} {g['name']} waits for {g['owner']}"
+                " (同意 / 驳回 on the tenant page; its task_id is shown there)."
+                f" Click: curl -X POST {creds.admin_url}callbacks/app/card-click"
+                f' -H \'Content-Type: application/json\' -d \'{{"userid": "{g["owner"]}", "key":'
+                f' "approve:{g["id"]}", "task_id": "TASK_ID"}}\''
+                for g in groups
+                if not g["approved"]
+            ),
             "    `WECOM_SANDBOX=true .venv/bin/wecom-plugin groups list` · `groups show ID --history` ·"
             " `groups audit --group ID` · `groups changes`",
             "  停止 stop: Ctrl-C",

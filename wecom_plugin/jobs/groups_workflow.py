@@ -1,5 +1,6 @@
-"""Group registry jobs: create an approved group's chat, post an archived group's notice, and the
-daily review reminders (09:00 local time)."""
+"""Group registry jobs: the approvers' card (send, update after a click, reply to a non-approver),
+create an approved group's chat, post an archived group's notice, and the daily review reminders
+(09:00 local time)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,34 @@ from typing import Any
 from wecom_plugin.extensions import db
 from wecom_plugin.jobs.context import JobContext
 from wecom_plugin.runtime.registry import AT_LEAST_ONCE, AT_MOST_ONCE, PeriodicDefinition, job_type, periodic_provider
+from wecom_plugin.services import approval_card  # importing it registers the card-click callback handler
 
 REVIEW_TIME = "09:00"
+
+
+@job_type("groups.approval_card", delivery=AT_MOST_ONCE, max_attempts=8)
+def send_approval_card(ctx: JobContext) -> dict[str, Any]:
+    """Send a request's approvers the interactive card (同意 / 驳回); once per version of the request."""
+    return approval_card.send_card(ctx.app, int(ctx.payload["group_id"]), guard=ctx.ensure_lease, step=ctx.run_step)
+
+
+@job_type("groups.approval_card_update", delivery=AT_LEAST_ONCE, max_attempts=5)
+def update_approval_card(ctx: JobContext) -> dict[str, Any]:
+    """Show the outcome on the card after a click (the click's single-use response_code; 42022 = done)."""
+    p = ctx.payload
+    return approval_card.update_card(
+        ctx.app, int(p["group_id"]), str(p["task_id"]), str(p["response_code"]), list(p.get("userids") or []),
+        str(p.get("kind") or "outcome"), guard=ctx.ensure_lease, step=ctx.run_step,
+    )  # fmt: skip
+
+
+@job_type("groups.approval_card_reply", delivery=AT_MOST_ONCE)
+def reply_approval_card(ctx: JobContext) -> dict[str, Any]:
+    """Tell someone who clicked an approval card without being an approver that nothing happened."""
+    p = ctx.payload
+    return approval_card.reply_not_approver(
+        ctx.app, int(p["group_id"]), str(p["userid"]), guard=ctx.ensure_lease, step=ctx.run_step
+    )
 
 
 @job_type("groups.create_chat", delivery=AT_LEAST_ONCE, max_attempts=8)

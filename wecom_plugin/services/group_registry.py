@@ -597,6 +597,18 @@ def _eligible_recorded(session: Session, group: GovernedGroup) -> list[str]:
     return list((after or {}).get("eligible_approvers") or [])
 
 
+def approvers_of(session: Session, group: GovernedGroup, settings: Any | None = None) -> list[str]:
+    """Who may decide on ``group``: the recorded approver, the approvers eligible when it was requested,
+    then GROUP_APPROVERS; each once (case-folded), as first spelled. :func:`decide` and the approval
+    card (``services/approval_card.py``) both ask this."""
+    settings = settings or _settings()
+    out: dict[str, str] = {}
+    for userid in (group.approver, *_eligible_recorded(session, group), *settings.group_approvers):
+        if isinstance(userid, str) and userid.strip():
+            out.setdefault(fold(userid.strip()), userid.strip())
+    return list(out.values())
+
+
 # --- use cases --------------------------------------------------------------------------------------
 def request_group(
     session: Session,
@@ -620,7 +632,8 @@ def request_group(
     warnings (a position nobody holds...) are kept on the returned group as ``group.warnings``
     and in the version row. The approver is the requesting department's first active leader, else
     the first of GROUP_APPROVERS; all of them may decide (the list is kept in the version row).
-    ``department_id`` None: the requester's main department.
+    ``department_id`` None: the requester's main department. The eligible approvers get an
+    interactive card (the ``groups.approval_card`` job, queued in this transaction).
     """
     settings = _settings()
     check = _Check(session, settings, _today(session, settings))
@@ -673,6 +686,10 @@ def request_group(
         actor, "groups.requested", target=f"group:{group.id}",
         detail={"name": group.name, "approver": group.approver, "warnings": len(check.warnings)}, session=session,
     )  # fmt: skip
+    # The approvers' interactive card (同意 / 驳回), sent by a job: no WeCom call in this transaction.
+    from wecom_plugin.services.approval_card import queue_card
+
+    queue_card(session, group.id, 1)
     group.warnings = check.warnings  # type: ignore[attr-defined]
     return group
 
@@ -799,22 +816,29 @@ def _changed_meanwhile(group_id: int, expected: int, found: int | None) -> Regis
 
 
 def decide(
-    session: Session, group_id: int, *, approve: bool, actor_userid: str, reason: str | None = None
+    session: Session,
+    group_id: int,
+    *,
+    approve: bool,
+    actor_userid: str,
+    reason: str | None = None,
+    actor: str | None = None,
 ) -> GovernedGroup:
     """Approve or reject a request. Only the recorded approver, the other eligible approvers or
-    GROUP_APPROVERS may; anyone else is refused and the refusal audited (``keep_audit``).
-    Approval enqueues ``groups.create_chat`` in the same transaction."""
+    GROUP_APPROVERS may (:func:`approvers_of`); anyone else is refused and the refusal audited
+    (``keep_audit``). Approval enqueues ``groups.create_chat`` in the same transaction.
+    ``actor``: who the history names (default ``user:<actor_userid>``; the card says ``wecom:<userid>``)."""
     from wecom_plugin.runtime.queue import enqueue
 
     settings = _settings()
     group = get_group(session, group_id)
-    actor = f"user:{actor_userid}"
+    actor = actor or f"user:{actor_userid}"
     if group.status != "requested":
         zh, en = STATUS_LABELS.get(group.status, (group.status, group.status))
         raise RegistryError(
             f"群 #{group.id} 不在待审批状态（{zh}）", f"group #{group.id} is not awaiting a decision ({en})"
         )
-    allowed = {fold(u) for u in (group.approver, *_eligible_recorded(session, group), *settings.group_approvers) if u}
+    allowed = {fold(u) for u in approvers_of(session, group, settings)}
     if not isinstance(actor_userid, str) or fold(actor_userid.strip()) not in allowed:
         audit.record(
             actor, "groups.decide", target=f"group:{group.id}", reason="not an approver of this group",

@@ -581,3 +581,20 @@ def test_parallel_workers_deliver_concurrently(emulator, receivers):
     assert len(contact.received) == 4  # all four in flight at once
     gate.set()
     drain(emulator)
+
+
+def test_a_replacement_card_with_replace_text_greys_the_buttons_and_one_without_does_not(emulator, receivers):
+    receivers("app")
+    a, b = (u.userid for u in emulator.users()[:2])
+    _send_card(emulator, [a, b])
+    for user, replace_text in ((a, "已同意"), (b, "")):
+        click = emulator.admin("callbacks/app/card-click", userid=user, task_id="req-42-v1", key="approve:42")
+        card = {**CARD, "main_title": {"title": "VPN 账号申请", "desc": "已处理"}}
+        if replace_text:
+            card["replace_text"] = replace_text
+        update = {"userids": [user], "agentid": emulator.OUR, "response_code": click["response_code"],
+                  "template_card": card}  # fmt: skip
+        assert emulator.post("message/update_template_card", update)["errcode"] == 0
+    assert "replaced" in emulator.admin("callbacks/app/card-click", expect=400, userid=a, task_id="req-42-v1",
+                                        key="approve:42")["error"]  # fmt: skip
+    emulator.admin("callbacks/app/card-click", userid=b, task_id="req-42-v1", key="approve:42")  # still clickable

@@ -717,7 +717,9 @@ class CallbackHub:
             for update in msg.updates:
                 if user.userid in update.get("targets", ()):
                     if update.get("template_card"):
-                        card, greyed = dict(update["template_card"]), False
+                        # §14.4: a replacement card carrying replace_text shows a greyed, unclickable button
+                        card = dict(update["template_card"])
+                        greyed = bool(str(card.get("replace_text") or "").strip())
                     if update.get("button"):
                         greyed = True
             if greyed:

@@ -36,8 +36,8 @@ WORKER_BATCH_SIZE = "20"
 # Seconds an idle worker sleeps between polls (less when a queued job falls due sooner).
 WORKER_POLL_INTERVAL = "0.5"
 # Threads per worker process: jobs mostly wait on WeCom, so threads give the parallelism
-# (an offboarding's 50 chats are updated 4 at a time instead of one after another).
-WORKER_THREADS = "4"
+# (an offboarding's 50 chats are updated 8 at a time instead of one after another).
+WORKER_THREADS = "8"
 # Default attempt budget for jobs that do not declare their own.
 JOB_MAX_ATTEMPTS = "5"
 # Seconds between clock ticks.
@@ -79,6 +79,15 @@ GENERAL_OFFICE_USERIDS = ""
 GROUP_APPROVERS = ""
 # Longest exemption from a group's rule, in days.
 EXEMPTION_MAX_DAYS = "365"
+# Customer groups (客户群) of a leaver go to their direct leader (else a department leader). "wait"
+# (the default): nothing moves until the member is deleted from the directory, then
+# groupchat/transfer. "onjob": move them at once with groupchat/onjob_transfer (WeCom allows it twice
+# per group in 90 days; not undone by a rehire). "off": no customer-group handover (an app not set up
+# in 客户联系 → 可调用接口的应用).
+CUSTOMER_GROUP_HANDOVER = "wait"
+# Also look for customer groups the leaver is an ordinary member of (one groupchat/get per customer
+# group of the company, per leaver); each becomes a manual action for that group's owner.
+CUSTOMER_GROUP_MEMBER_SCAN = "false"
 
 # --- Alerts ----------------------------------------------------------------------------------------
 # Optional generic webhook (outside WeCom) that receives every new alert as JSON.

@@ -34,6 +34,7 @@ REAL_WECOM_HOSTS = ("qyapi.weixin.qq.com",)
 CORP_SIZES = ("small", "medium", "large")
 # observe: report only (a new install), dry_run: plan and record, enforce: change WeCom chats.
 GOVERNANCE_MODES = ("observe", "dry_run", "enforce")
+CUSTOMER_GROUP_HANDOVERS = ("wait", "onjob", "off")  # services/customer_groups.py
 # Values that appear in docs and examples; a process that finds one of them refuses to start.
 KNOWN_DEFAULT_SECRETS = frozenset({"change-me", "changeme", "secret", "dev", "development", "test"})
 MIN_SECRET_KEY_BYTES = 32
@@ -96,6 +97,8 @@ class Settings:
     general_office_userids: tuple[str, ...]
     group_approvers: tuple[str, ...]
     exemption_max_days: int
+    customer_group_handover: str
+    customer_group_member_scan: bool
     alert_webhook_url: str | None
     alert_wecom_userids: tuple[str, ...]
     api_rate_limit_per_minute: int
@@ -247,6 +250,8 @@ def load_settings(
         general_office_userids=v.csv("GENERAL_OFFICE_USERIDS"),
         group_approvers=v.csv("GROUP_APPROVERS"),
         exemption_max_days=v.integer("EXEMPTION_MAX_DAYS", minimum=1, maximum=3660),
+        customer_group_handover=v.choice("CUSTOMER_GROUP_HANDOVER", CUSTOMER_GROUP_HANDOVERS),
+        customer_group_member_scan=v.boolean("CUSTOMER_GROUP_MEMBER_SCAN"),
         alert_webhook_url=alert_webhook,
         alert_wecom_userids=v.csv("ALERT_WECOM_USERIDS"),
         api_rate_limit_per_minute=v.integer("API_RATE_LIMIT_PER_MINUTE", minimum=1),

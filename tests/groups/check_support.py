@@ -29,6 +29,10 @@ def tenant_app(make_app, db_url, emulator):
         WECOM_AGENT_ID=str(emulator.OUR),
         WECOM_SECRET=emulator.secret(),
         WECOM_CONTACT_SECRET=emulator.secret("contact_sync"),
+        # App chats only: under the default "wait", a leaver who owns a customer group (the seed's first
+        # member does) keeps the offboarding open until deleted. tests/offboarding/test_customer_groups.py
+        # covers the handover with each setting.
+        CUSTOMER_GROUP_HANDOVER="off",
     )
     sync(app)
     return app

@@ -6,6 +6,7 @@ Importing this package registers every model on the shared metadata (Alembic nee
 from wecom_plugin.models.api_clients import ApiClient, ApiKey, RateCounter
 from wecom_plugin.models.base import Base
 from wecom_plugin.models.claims import ClaimState
+from wecom_plugin.models.customer_groups import CustomerGroupHandover, CustomerGroupScan
 from wecom_plugin.models.directory import (
     Department,
     DirectoryChange,
@@ -32,6 +33,8 @@ from wecom_plugin.models.ops import Alert, AuditEvent
 from wecom_plugin.models.tokens import WeComToken
 
 __all__ = [
+    "CustomerGroupHandover",
+    "CustomerGroupScan",
     "Offboarding",
     "MembershipCheck",
     "ManualAction",

@@ -114,6 +114,7 @@ def load_job_modules(extra: Iterable[str] = ()) -> None:
         "wecom_plugin.jobs.groups_workflow",
         "wecom_plugin.jobs.groups_check",
         "wecom_plugin.jobs.offboarding",
+        "wecom_plugin.jobs.customer_groups",
         *extra,
     ):
         if module not in _LOADED_MODULES:

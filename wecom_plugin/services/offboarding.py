@@ -21,10 +21,11 @@ budget. "One pending change per person per chat" (a partial unique index) makes 
 a trigger a no-op: ``INSERT ... ON CONFLICT DO NOTHING``.
 
 **Coalescing window.** A chat's ``groups.apply`` is enqueued due :data:`COALESCE_WINDOW_SECONDS`
-(0.5 s) after the first offboarding change of that chat, and later offboardings reuse that job
-while it is still waiting (``ready``): every change planned for the chat within the window goes
-out in the same ``appchat/update``. So 100 people leaving at once across 300 chats cost one
-update per distinct chat, and a trigger's removal starts at most 0.5 s after it was planned.
+(0.5 s) after the first offboarding change of that chat; a later offboarding's change reuses that
+job while it is still waiting (``ready``) and pushes it to 0.5 s after itself, never past
+:data:`COALESCE_MAX_SECONDS` (1 s) after the first: a debounce with a cap. Every change planned
+for the chat in one burst goes out in the same ``appchat/update``, so 100 people leaving at once
+across 300 chats cost one update per distinct chat, and no removal waits more than 1 s for others.
 
 **Completion**: an offboarding is ``done`` when all its changes are final and none needed a
 person, ``partial`` when some became manual actions (a chat this app did not create: 86008) or
@@ -80,6 +81,8 @@ LEASE = ChatApplyLease.__table__
 #: Seconds a chat's ``groups.apply`` waits after its first offboarding change, so changes for
 #: several leavers of one chat go out in one ``appchat/update``. At most 1 s (the requirement).
 COALESCE_WINDOW_SECONDS = 0.5
+#: A chat's first offboarding change waits at most this long for others (the requirement: <= 1 s).
+COALESCE_MAX_SECONDS = 1.0
 #: A finished offboarding younger than this is re-planned by a new trigger instead of starting another.
 REUSE_FINISHED_DAYS = 30
 
@@ -190,9 +193,11 @@ def start_offboarding(
         if existing.state == "scheduled" and not due_later:
             _set(session, off_id, state="pending")
             plan(session, off_id, defer_apply)
+        elif existing.state == "scheduled" and effective_at != existing.effective_at and source != "directory":
+            _reschedule(session, existing, effective_at, requested_by)
         elif existing.state in FINISHED_STATES:
             result = plan(session, off_id, defer_apply)
-            if result["new"]:
+            if result["new"] or result["adopted"]:  # it owns pending removals again
                 _set(session, off_id, state="pending", finished_at=None)
         _attach(session, existing, client_id, idempotency_key, outbox_id, body_hash, source, requested_by)
         return Started(off_id, False)
@@ -230,6 +235,22 @@ def start_offboarding(
     else:
         plan(session, off_id, defer_apply)
     return Started(off_id, True)
+
+
+def _reschedule(session: Session, existing: Any, effective_at: datetime | None, requested_by: str) -> None:
+    """A later HR/CLI request names another future date (离职日期 corrected): the latest one counts.
+    The job queued for the old date finds the offboarding not due yet and does nothing."""
+    from wecom_plugin.runtime.queue import enqueue
+
+    _set(session, existing.id, effective_at=effective_at)
+    enqueue("offboarding.run", {"offboarding_id": existing.id}, run_after=effective_at,
+            dedupe_key=f"offboarding.run:{existing.id}:{effective_at.isoformat()}", session=session)  # fmt: skip
+    audit.record(
+        requested_by[:128] or ACTOR, "offboarding.rescheduled", target=f"offboarding:{existing.id}",
+        detail={"userid": existing.userid, "from": existing.effective_at and existing.effective_at.isoformat(),
+                "to": effective_at.isoformat()},
+        session=session,
+    )  # fmt: skip
 
 
 def _by_key(session: Session, client_id: int, key: str) -> Any | None:
@@ -416,11 +437,15 @@ def plan(session: Session, offboarding_id: int, defer_apply: list[int] | None = 
     detail["chats_planned"] = len(set(ours) | set(detail.get("chats") or []))
     detail["chats"] = sorted(set(ours) | set(detail.get("chats") or []))[:5000]
     _set(session, off.id, detail=detail)
+    # --- customer groups (客户群): their handover job (services/customer_groups.py) ---
+    from wecom_plugin.services import customer_groups
+
+    customer_groups.schedule(session, off)
     if ours:
         from wecom_plugin.runtime.queue import enqueue
 
         enqueue("offboarding.settle", {"offboarding_id": off.id, "n": 0},
-                run_after=timedelta(seconds=COALESCE_WINDOW_SECONDS + 2),
+                run_after=timedelta(seconds=COALESCE_MAX_SECONDS + 2),
                 dedupe_key=f"offboarding.settle:{off.id}:{secrets.token_hex(4)}", session=session)  # fmt: skip
     else:
         settle(session, off.id)
@@ -438,14 +463,18 @@ def _insert_pending(session: Session, row: dict[str, Any]) -> int | None:
 
 
 def schedule_apply(session: Session, group_ids: list[int]) -> int:
-    """Queue each chat's ``groups.apply`` due after the coalescing window, reusing one that is still
-    waiting. Returns how many new jobs were queued."""
+    """Queue each chat's ``groups.apply`` due after the coalescing window. A job of the chat still
+    waiting (``ready``) is reused and pushed to ``now + window``, never past
+    :data:`COALESCE_MAX_SECONDS` after the chat's first change (a debounce with a cap): removals
+    planned in one burst go out in one ``appchat/update`` per chat, and none waits longer than
+    the cap. Returns how many new jobs were queued."""
     from wecom_plugin.runtime.queue import enqueue
 
     queued = 0
+    now = db_now(session)
     for gid in sorted(set(group_ids)):
         query = (
-            sa.select(JOB.c.id)
+            sa.select(JOB.c.id, JOB.c.due_at, JOB.c.payload)
             .where(
                 JOB.c.name == "groups.apply",
                 JOB.c.state == ClaimState.READY,
@@ -455,22 +484,40 @@ def schedule_apply(session: Session, group_ids: list[int]) -> int:
         )
         if _pg(session):
             query = query.with_for_update()  # a claim in progress finishes first; ours then sees it running
-        if session.execute(query).first() is not None:
+        waiting = session.execute(query).first()
+        if waiting is not None and _push(session, waiting, now):
             continue
-        enqueue("groups.apply", {"group_id": gid, "trigger": "offboarding"},
-                run_after=timedelta(seconds=COALESCE_WINDOW_SECONDS),
+        until = now + timedelta(seconds=COALESCE_MAX_SECONDS)
+        enqueue("groups.apply", {"group_id": gid, "trigger": "offboarding", "coalesce_until": until.isoformat()},
+                run_after=now + timedelta(seconds=COALESCE_WINDOW_SECONDS),
                 dedupe_key=f"groups.apply:{gid}:offboarding:{secrets.token_hex(6)}", session=session)  # fmt: skip
         queued += 1
     return queued
 
 
+def _push(session: Session, job: Any, now: datetime) -> bool:
+    """Move a waiting apply job to ``now + window`` within its cap; False when it was claimed meanwhile."""
+    try:
+        until = datetime.fromisoformat(str((job.payload or {}).get("coalesce_until")))
+    except ValueError:
+        until = job.due_at  # a job queued before the cap existed: keep its time
+    due = max(job.due_at, min(now + timedelta(seconds=COALESCE_WINDOW_SECONDS), until))
+    return bool(
+        session.execute(
+            sa.update(JOB).where(JOB.c.id == job.id, JOB.c.state == ClaimState.READY).values(due_at=due)
+        ).rowcount
+    )
+
+
 def run_scheduled(session: Session, offboarding_id: int) -> dict[str, Any]:
     """``effective_at`` has come: plan a scheduled offboarding (no-op in any other state)."""
     changed = session.execute(
-        sa.update(OFF).where(OFF.c.id == offboarding_id, OFF.c.state == "scheduled").values(state="pending")
+        sa.update(OFF)
+        .where(OFF.c.id == offboarding_id, OFF.c.state == "scheduled", OFF.c.effective_at <= sql_now())
+        .values(state="pending")
     ).rowcount
-    if not changed:
-        return {"state": "not scheduled"}
+    if not changed:  # not scheduled any more, or moved to a later date (its own job comes then)
+        return {"state": "not due"}
     return plan(session, offboarding_id)
 
 
@@ -495,10 +542,19 @@ def settle(session: Session, offboarding_id: int) -> str:
         if state != off.state:
             _set(session, offboarding_id, state=state)
         return state
+    # --- customer groups (客户群): not done while their handover is open (services/customer_groups.py) ---
+    from wecom_plugin.services import customer_groups
+
+    handover = customer_groups.progress(session, offboarding_id)
+    if handover in ("pending", "running"):
+        state = "running" if rows or handover == "running" else "pending"
+        if state != off.state:
+            _set(session, offboarding_id, state=state)
+        return state
     for r in rows:
         if r.state == "manual":
             _manual(session, off, r)
-    state = "partial" if counts.get("manual") or counts.get("failed") else "done"
+    state = "partial" if counts.get("manual") or counts.get("failed") or handover == "partial" else "done"
     _set(session, offboarding_id, state=state, finished_at=utcnow())
     audit.record(
         ACTOR, f"offboarding.{state}", target=f"offboarding:{offboarding_id}",
@@ -594,7 +650,13 @@ def cancel(session: Session, offboarding_id: int, actor: str, reason: str | None
     _set(session, off_id, state="cancelled", cancelled_at=now, finished_at=now)
     session.execute(  # a scheduled offboarding's run is no longer wanted
         sa.update(JOB)
-        .where(JOB.c.dedupe_key == f"offboarding.run:{off_id}", JOB.c.state == ClaimState.READY)
+        .where(
+            sa.or_(
+                JOB.c.dedupe_key == f"offboarding.run:{off_id}",
+                JOB.c.dedupe_key.like(f"offboarding.run:{off_id}:%"),  # moved to another date
+            ),
+            JOB.c.state == ClaimState.READY,
+        )
         .values(state=ClaimState.CANCELLED, finished_at=sql_now())
     )
     audit.record(actor[:128], "offboarding.cancel", target=f"offboarding:{off_id}", reason=reason,
@@ -732,6 +794,14 @@ def _consume(session: Session, record: Any, chats: list[int]) -> str:
         except OffboardingError as exc:
             log.warning("directory record %s: %s", record.id, exc)
             return "ignored"
+        if record.kind == "departed" and started.offboarding_id is not None and not started.created:
+            # The deletion is what groupchat/transfer waits for: hand the customer groups over now
+            # (the minute customer_groups.sweep is only the backstop).
+            from wecom_plugin.services import customer_groups
+
+            off = session.execute(sa.select(OFF).where(OFF.c.id == started.offboarding_id)).first()
+            if off is not None and off.state in OPEN_STATES:
+                customer_groups.schedule(session, off)
         return "offboarded" if started.offboarding_id is not None else "ignored"
     if record.kind == "reactivated":
         done = cancel_for_person(session, record.person_id, f"directory:{record.source}", "reactivated (rehired)")
@@ -848,8 +918,14 @@ def view(session: Session, offboarding_id: int) -> dict[str, Any]:
             {"id": m.id, "kind": m.kind, "group_id": m.group_id, "assignee": m.assignee, "state": m.state}
             for m in manual
         ],
-        "customer_groups": detail.get("customer_groups"),
+        "customer_groups": _customer_groups_view(session, off.id),  # 客户群 handover (services/customer_groups.py)
     }  # fmt: skip
+
+
+def _customer_groups_view(session: Session, offboarding_id: int) -> dict[str, Any] | None:
+    from wecom_plugin.services import customer_groups
+
+    return customer_groups.view(session, offboarding_id)
 
 
 def person_status(session: Session, userid: str) -> int | None:

@@ -228,3 +228,29 @@ def test_an_adopted_check_removal_is_not_cancelled_by_an_exemption(tenant_app, e
     drain(tenant_app)
     assert OTHER not in chat_members(emulator, chatid)
     assert status(tenant_app, OTHER)["state"] == "done"
+
+
+def test_a_finished_offboarding_that_takes_over_a_check_removal_is_open_again(tenant_app, emulator):
+    """OTHER's offboarding finished (in no chat); later the check plans OTHER's removal from a chat
+    they were added to by hand, and HR sends the departure again. The finished offboarding takes the
+    row over: it must be open again until the row is final, not stay 'done' with the removal pending."""
+    import sqlalchemy as sa
+
+    from wecom_plugin.models.groups import ChatChange, Offboarding
+
+    gid, _chatid = dev_chat(tenant_app, [MEMBER, LEADER], owner=LEADER, admins=[])
+    off_id = offboard(tenant_app, OTHER)
+    drain(tenant_app)
+    assert status(tenant_app, OTHER)["state"] == "done"
+    with tenant_app.app_context():  # the check read the chat (OTHER added by hand) and planned the removal
+        refresh_chat_members(db.engine, gid, [MEMBER, LEADER, OTHER])
+        db.session.add(ChatChange(
+            group_id=gid, userid=OTHER, userid_folded=OTHER, action="remove", reason="outside_rule",
+            source="check", priority=1, state="pending",
+        ))  # fmt: skip
+        db.session.commit()
+    assert offboard(tenant_app, OTHER) == off_id
+    with tenant_app.app_context():
+        row = db.session.execute(sa.select(ChatChange).where(ChatChange.group_id == gid)).scalar_one()
+        assert (row.offboarding_id, row.state) == (off_id, "pending")
+        assert db.session.get(Offboarding, off_id).state == "pending"

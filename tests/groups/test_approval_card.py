@@ -280,3 +280,76 @@ def test_a_request_decided_before_its_card_went_out_sends_no_card(live, emulator
     assert cards(emulator, LEADER) == [] and versions(live.app, group_id, "approval_card") == []
     [job] = rows(live.app, Job, Job.name == "groups.approval_card")
     assert job.state == ClaimState.DONE and job.result["skipped"] == "status approved"
+
+
+# --- approvers are who they are now, not who they were at the request --------------------------------
+def _raw_click(emulator, userid: str, key: str, task_id: str, code: str) -> None:
+    xml = tenant_events.template_card_event_xml(
+        emulator.corp_id, userid, int(time.time()), event="template_card_event", event_key=key,
+        task_id=task_id, card_type="button_interaction", response_code=code, agentid=emulator.OUR,
+    )  # fmt: skip
+    emulator.admin("callbacks/raw", receiver="app", xml=xml)
+
+
+def test_a_leader_who_left_since_the_request_decides_nothing(live, emulator):
+    import sqlalchemy as sa
+
+    from wecom_plugin.models.directory import Person
+
+    group_id, task_id = requested(live)
+    live.click(LEADER, f"approve:{group_id}", task_id)  # queued in the tenant, not delivered yet
+    with live.app.app_context():  # meanwhile the mirror learns the leader left
+        db.session.execute(sa.update(Person).where(Person.userid_folded == LEADER).values(status=5))
+        db.session.commit()
+    live.settle()
+    g = group(live.app, group_id)
+    assert (g.status, g.decided_by) == ("requested", None)
+    assert [a.outcome for a in audits(live.app, "groups.approval_card.click")] == ["denied"]
+
+
+def test_moving_a_request_to_another_department_moves_the_decision_to_its_leader(live, emulator):
+    import sqlalchemy as sa
+
+    from wecom_plugin.models.directory import Department, Person
+
+    group_id, old_task = requested(live)
+    with live.app.app_context():
+        found = None
+        for dep_id, leaders in db.session.execute(sa.select(Department.id, Department.leaders)).all():
+            for leader in leaders or []:
+                person = db.session.scalar(sa.select(Person).where(Person.userid_folded == leader.casefold()))
+                if dep_id != 8 and person is not None and person.status == 1 and leader.casefold() not in (
+                    LEADER, SECOND):  # fmt: skip
+                    found = (dep_id, person.userid)
+                    break
+            if found:
+                break
+        assert found, "the seed has another department with an active leader"
+        dep, new_leader = found
+        registry.update_group(db.session, group_id, {"department_id": dep}, actor="user:leiting")
+        db.session.commit()
+    live.settle()  # the edit sends the new department's approvers a new card
+    new_task = versions(live.app, group_id, "approval_card_sent")[-1].after["task_id"]
+    assert new_task != old_task and [c["task_id"] for c in cards(emulator, new_leader)] == [new_task]
+    live.click(LEADER, f"approve:{group_id}", old_task)  # the old card: decides nothing
+    live.settle()
+    assert group(live.app, group_id).status == "requested"
+    _raw_click(emulator, LEADER, f"approve:{group_id}", new_task, "old-leader")  # no longer an approver
+    live.settle()
+    assert group(live.app, group_id).status == "requested"
+    _raw_click(emulator, new_leader, f"approve:{group_id}", new_task, "new-leader")
+    live.settle()
+    g = group(live.app, group_id)
+    assert g.decided_by == new_leader and g.status in ("approved", "active")
+
+
+@pytest.mark.parametrize(
+    "task_id", ["grp2147483648v1_0123456789ab", "grp9999999999v1_0123456789ab", "grp１v1_0123456789ab"]
+)
+def test_a_task_id_naming_an_impossible_group_is_a_quiet_no_op(live, emulator, task_id):
+    group_id, _task = requested(live)
+    _raw_click(emulator, LEADER, "approve:2147483648", task_id, f"c{len(task_id)}")
+    live.settle()
+    assert [r.state for r in rows(live.app, CallbackInbox)] == ["handled"]
+    assert not rows(live.app, Job, Job.state == ClaimState.DEAD)
+    assert group(live.app, group_id).status == "requested"

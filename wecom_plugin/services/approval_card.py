@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from wecom_plugin.domain.directory import fold
-from wecom_plugin.errors import PermanentError, PluginError
+from wecom_plugin.errors import LeaseLostError, PermanentError, PluginError
 from wecom_plugin.extensions import db
 from wecom_plugin.models.groups import GovernedGroup, GroupVersion
 from wecom_plugin.models.inbox import CallbackInbox
@@ -70,7 +70,7 @@ log = logging.getLogger("wecom_plugin.groups")
 
 SYSTEM_ACTOR = "system:groups"
 CARD_MARK, CARD_SENT, CARD_FAILED = "approval_card", "approval_card_sent", "approval_card_failed"
-TASK_RE = re.compile(r"^grp(\d{1,10})v(\d{1,10})_[0-9a-f]{12}$")
+TASK_RE = re.compile(r"^grp([0-9]{1,10})v([0-9]{1,10})_[0-9a-f]{12}$")  # ASCII digits; ids range-checked
 APPROVE, REJECT = "approve", "reject"
 VIA_CARD = {APPROVE: "同意 (via card)", REJECT: "驳回 (via card)"}
 # The card's limits (contract §14.2): characters, not bytes ("建议不超过": WeCom's client cuts longer ones).
@@ -332,6 +332,8 @@ def send_card(
 
     try:
         answer = _run(step, f"approval_card:{task_id}", send)
+    except LeaseLostError:
+        raise  # another worker holds the job now and the mark is its to release
     except PluginError as exc:
         if not exc.side_effect_possible:  # nothing was sent (the budget, a retryable refusal): release the mark
             _record(session, group.id, CARD_FAILED, {"task_id": task_id, "error": str(exc)[:500]}, "failure")

@@ -85,6 +85,7 @@ FIELD_LABELS: dict[str, str] = {
 
 
 MAX_DEPARTMENT_ID = 2**32 - 1
+MAX_GROUP_ID = 2**31 - 1  # governed_group.id is a 32-bit integer on PostgreSQL
 
 
 class RegistryError(ValueError):
@@ -242,7 +243,11 @@ def eligible_approvers(session: Session, department_id: int | None, settings: An
             person = people.get(fold(leader))
             if person is not None and person.status == ACTIVE:
                 out.append(person.userid)
+    configured = _people(session, settings.group_approvers)
     for userid in settings.group_approvers:
+        person = configured.get(fold(userid))
+        if person is not None and person.status != ACTIVE:
+            continue  # a configured approver who left or is disabled decides nothing
         if fold(userid) not in {fold(u) for u in out}:
             out.append(userid)
     return out
@@ -559,7 +564,8 @@ class _Skip(Exception):
 
 # --- reading ----------------------------------------------------------------------------------------
 def get_group(session: Session, group_id: int) -> GovernedGroup:
-    group = session.get(GovernedGroup, int(group_id)) if str(group_id).isdigit() else None
+    valid = str(group_id).isascii() and str(group_id).isdigit() and 1 <= int(group_id) <= MAX_GROUP_ID
+    group = session.get(GovernedGroup, int(group_id)) if valid else None
     if group is None:
         raise RegistryError(f"没有编号为 {group_id} 的登记群", f"no registered group {group_id}")
     return group
@@ -590,20 +596,15 @@ def version_view(row: GroupVersion) -> dict[str, Any]:
     }
 
 
-def _eligible_recorded(session: Session, group: GovernedGroup) -> list[str]:
-    after = session.execute(
-        sa.select(GroupVersion.after).where(GroupVersion.group_id == group.id).order_by(GroupVersion.version).limit(1)
-    ).scalar()
-    return list((after or {}).get("eligible_approvers") or [])
-
-
 def approvers_of(session: Session, group: GovernedGroup, settings: Any | None = None) -> list[str]:
-    """Who may decide on ``group``: the recorded approver, the approvers eligible when it was requested,
-    then GROUP_APPROVERS; each once (case-folded), as first spelled. :func:`decide` and the approval
-    card (``services/approval_card.py``) both ask this."""
+    """Who may decide on ``group`` now: the active leaders of its department as the mirror shows them
+    today, then GROUP_APPROVERS (unless the mirror shows them gone); each once (case-folded), as first
+    spelled. Asked at decision time, not when the request was made: a leader who left or was replaced,
+    or the leader of the department the request was moved away from, decides nothing. :func:`decide`
+    and the approval card (``services/approval_card.py``) both ask this."""
     settings = settings or _settings()
     out: dict[str, str] = {}
-    for userid in (group.approver, *_eligible_recorded(session, group), *settings.group_approvers):
+    for userid in eligible_approvers(session, group.department_id, settings):
         if isinstance(userid, str) and userid.strip():
             out.setdefault(fold(userid.strip()), userid.strip())
     return list(out.values())
@@ -756,6 +757,12 @@ def update_group(
     _cancel_stale_changes(session, group.id, after)
     session.flush()
     session.refresh(group)
+    if group.status == "requested" and set(after) & set(EDITABLE):
+        # An edited request (another department, so other approvers; another purpose): the cards out
+        # there are stale, and the approvers as they are now get a new one.
+        from wecom_plugin.services.approval_card import queue_card
+
+        queue_card(session, group.id, version + 1)
     group.warnings = check.warnings  # type: ignore[attr-defined]
     return group
 

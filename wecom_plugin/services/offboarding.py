@@ -551,11 +551,19 @@ def settle(session: Session, offboarding_id: int) -> str:
         if state != off.state:
             _set(session, offboarding_id, state=state)
         return state
+    state = "partial" if counts.get("manual") or counts.get("failed") or handover == "partial" else "done"
+    # Compare-and-set: of two settles at once (a status read, the settle job, the sweep), one finishes
+    # the offboarding and writes its manual actions and audit row; the other reports what it found.
+    finished = session.execute(
+        sa.update(OFF)
+        .where(OFF.c.id == offboarding_id, OFF.c.state == off.state)
+        .values(state=state, finished_at=utcnow())
+    ).rowcount
+    if not finished:
+        return session.execute(sa.select(OFF.c.state).where(OFF.c.id == offboarding_id)).scalar_one()
     for r in rows:
         if r.state == "manual":
             _manual(session, off, r)
-    state = "partial" if counts.get("manual") or counts.get("failed") or handover == "partial" else "done"
-    _set(session, offboarding_id, state=state, finished_at=utcnow())
     audit.record(
         ACTOR, f"offboarding.{state}", target=f"offboarding:{offboarding_id}",
         outcome="success" if state == "done" else "failure", detail={"userid": off.userid, "changes": counts},

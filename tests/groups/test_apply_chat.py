@@ -170,3 +170,29 @@ def test_a_chat_not_created_by_this_app_is_a_manual_action_never_done(tenant_app
     assert not changes(tenant_app, gid)
     run_check(tenant_app, trigger="test")
     assert len(manual_actions(tenant_app)) == 1  # opened once
+
+
+def test_routine_updates_cannot_spend_the_share_kept_for_offboarding(tenant_app, emulator):
+    """One change budget, offboarding first: with the routine share (80 % of the hour) spent, the
+    check's removal waits while a leaver's removal still goes out."""
+    from wecom_plugin.services import offboarding
+
+    a, b, c, leaver = people(emulator, 4)
+    gid, chatid = make_governed(tenant_app, [a, b, c], required=[a, b])
+    other, other_chat = make_governed(tenant_app, [a, b, leaver], required=[a, b, leaver])
+    set_mode(tenant_app, "enforce")
+    run_check(tenant_app, trigger="test")
+    client = client_for(tenant_app)
+    client.budget.exhaust("appchat.update.routine")
+    client.close()
+    with pytest.raises(BudgetExhausted):
+        apply_chat(tenant_app, gid)
+    assert [ch.state for ch in changes(tenant_app, gid, action="remove")] == ["pending"]
+    assert updates(emulator) == []
+    with tenant_app.app_context():
+        offboarding.start_offboarding(db.session, userid=leaver, source="cli", requested_by="user:test")
+        db.session.commit()
+    apply_chat(tenant_app, other)
+    assert leaver.casefold() not in chat_members(emulator, other_chat)
+    assert [u["body"].get("del_user_list") for u in updates(emulator)] == [[leaver]]
+    assert c.casefold() in chat_members(emulator, chatid)  # still waiting for the routine share

@@ -656,12 +656,17 @@ class _Call:
             raise _CapReached()
         self._before_call()
         self.work.calls += 1
+        # Offboarding first (one change budget): a call carrying no offboarding change is routine
+        # and may not spend the share kept for leavers.
+        carried = [*dels, *adds, *([self.owner_row] if self.owner_row is not None else [])]
+        routine = not any(r.source == "offboarding" for r in carried)
 
         def action() -> dict[str, Any]:
             try:
                 appchat.update(
-                    client, chatid, owner=owner, add_user_list=add_ids, del_user_list=[r.userid for r in dels]
-                )
+                    client, chatid, owner=owner, add_user_list=add_ids, del_user_list=[r.userid for r in dels],
+                    routine=routine,
+                )  # fmt: skip
             except WeComApiError as exc:  # WeCom refused: nothing was applied
                 return {"ok": False, "errcode": exc.errcode, "error": str(exc)[:500]}
             return {"ok": True, "add": add_ids, "del": [r.userid for r in dels], "owner": owner}

@@ -72,6 +72,11 @@ class Limit:
 
 # --- the limits (contract §3.1, §3.2, §3.4, §4, §5, §6.3, §10.2) ---------------------------------
 APPCHAT_UPDATE = Limit("appchat.update", 1000, HOUR, "corp", "§3.2 doc 98913: 1000 updates/hour per corp")
+#: Ours, not WeCom's: routine updates (the member check, rule edits) also take from this 80 % share of
+#: ``appchat.update``, so they can never spend the last 20 % of the hour: offboarding always finds it.
+APPCHAT_UPDATE_ROUTINE = Limit(
+    "appchat.update.routine", 800, HOUR, "corp", "ours: routine updates leave 20 % of §3.2's 1000/h to offboarding"
+)
 APPCHAT_CREATE = Limit("appchat.create", 1000, DAY, "corp", "§3.1 doc 90245: 1000 chats/day per corp (all apps)")
 APPCHAT_SEND_CORP_MINUTE = Limit(
     "appchat.send.corp_minute", 20_000, MINUTE, "corp", "§3.4 doc 90248/90454: 20,000 person-times/min per corp",
@@ -119,6 +124,7 @@ def limits_for(corp_size: str = "small", extra: Iterable[Limit] = ()) -> dict[st
         raise ValueError(f"corp_size must be one of {sorted(APPCHAT_SEND_CORP_HOUR)}")
     table = [
         APPCHAT_UPDATE,
+        APPCHAT_UPDATE_ROUTINE,
         APPCHAT_CREATE,
         APPCHAT_SEND_CORP_MINUTE,
         APPCHAT_SEND_CORP_HOUR[corp_size],

@@ -23,6 +23,7 @@ from wecom_plugin.wecom.budget import (
     APPCHAT_SEND_MEMBER_DAY,
     APPCHAT_SEND_MEMBER_MINUTE,
     APPCHAT_UPDATE,
+    APPCHAT_UPDATE_ROUTINE,
     CORP,
     Ask,
     member_key,
@@ -73,8 +74,12 @@ def update(
     owner: str | None = None,
     add_user_list: Sequence[str] = (),
     del_user_list: Sequence[str] = (),
+    routine: bool = False,
 ) -> None:
     """``POST /cgi-bin/appchat/update``: rename, change owner, add and remove members in one call.
+
+    ``routine``: the call carries no offboarding change, so it also takes from the routine share
+    (``appchat.update.routine``, 80 % of the hour), leaving the rest for offboarding.
 
     Doc: https://developer.work.weixin.qq.com/document/path/98913 (contract §3.2).
     Limits: **1,000 updates per corp per hour** (45009 blocks an hour; budget ``appchat.update``), so batch
@@ -90,7 +95,10 @@ def update(
         body["add_user_list"] = list(add_user_list)
     if del_user_list:
         body["del_user_list"] = list(del_user_list)
-    client.post("appchat/update", body, spend=[Ask(APPCHAT_UPDATE.name, CORP)])
+    spend = [Ask(APPCHAT_UPDATE.name, CORP)]
+    if routine:
+        spend.append(Ask(APPCHAT_UPDATE_ROUTINE.name, CORP))
+    client.post("appchat/update", body, spend=spend)
 
 
 def get(client: WeComClient, chatid: str) -> dict[str, Any]:

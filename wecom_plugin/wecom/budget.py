@@ -75,7 +75,7 @@ APPCHAT_UPDATE = Limit("appchat.update", 1000, HOUR, "corp", "§3.2 doc 98913: 1
 #: Ours, not WeCom's: routine updates (the member check, rule edits) also take from this 80 % share of
 #: ``appchat.update``, so they can never spend the last 20 % of the hour: offboarding always finds it.
 APPCHAT_UPDATE_ROUTINE = Limit(
-    "appchat.update.routine", 800, HOUR, "corp", "ours: routine updates leave 20 % of §3.2's 1000/h to offboarding"
+    "appchat.update.routine", 800, HOUR, "corp", "§3.2, our share: routine updates leave 20 % of 1000/h to offboarding"
 )
 APPCHAT_CREATE = Limit("appchat.create", 1000, DAY, "corp", "§3.1 doc 90245: 1000 chats/day per corp (all apps)")
 APPCHAT_SEND_CORP_MINUTE = Limit(

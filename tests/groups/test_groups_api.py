@@ -72,6 +72,9 @@ def test_bad_input_is_a_400_with_every_problem_and_stores_nothing(gov):
         big = http.post("/api/v1/groups", data=json.dumps({**BODY, "department_id": huge}), headers=headers)
         assert big.status_code == 400, (huge, big.get_json())
         assert [p["path"] for p in big.get_json()["problems"]] == ["department_id"]
+    for bad in (json.dumps({**BODY, "purpose": "值班\u0000"}), "[" * 5000 + "]" * 5000):  # no 500 on either
+        refused = http.post("/api/v1/groups", data=bad, headers=headers)
+        assert refused.status_code == 400 and refused.get_json()["problems"][0]["path"] == ""
     assert count(gov, GovernedGroup) == 0
 
 

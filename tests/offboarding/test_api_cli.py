@@ -66,6 +66,15 @@ def test_bad_requests_are_clear_4xx_and_change_nothing(tenant_app, emulator):
         assert http.get(f"/api/v1/offboardings/{huge}", headers=headers).status_code == 404
         assert http.delete(f"/api/v1/offboardings/{huge}", headers=headers).status_code == 404
     assert cli_run(tenant_app, "status", str(10**30)).exit_code != 0
+    # A NUL character (PostgreSQL text cannot hold it) and nesting that exhausts the parser: a 400, not a 500.
+    nested: object = "HR"
+    for _ in range(40):  # deeper than any body takes (json_body.MAX_DEPTH)
+        nested = [nested]
+    for body in ({"userid": a, "reason": "离\u0000职"}, {"userid": "x\u0000y"}, "[" * 5000 + "]" * 5000,
+                 {"userid": a, "reason": "x", "requested_by": nested}):  # fmt: skip
+        refused = post(http, headers, body)
+        assert refused.status_code == 400 and refused.get_json()["error"] == "invalid", body
+    assert post(http, headers, {"userid": a}, "key\u0000").status_code == 400
     reader = key(tenant_app, "reader", ["offboarding:read"])
     assert post(http, reader, {"userid": a}).status_code == 403
     assert post(http, {"Content-Type": "application/json"}, {"userid": a}).status_code == 401

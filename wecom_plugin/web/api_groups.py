@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g, jsonify, request
+from flask import g, jsonify
 
 from wecom_plugin.extensions import db
 from wecom_plugin.web.api import bp
 from wecom_plugin.web.api_auth import require_api_client
+from wecom_plugin.web.json_body import BodyError, json_object
 
 SCOPE_REQUEST = "groups:request"
 SCOPE_READ = "groups:read"
@@ -52,10 +53,10 @@ def request_group():
     """Request a governed group for approval (备案申请)."""
     from wecom_plugin.services import group_registry as registry
 
-    body = request.get_json(silent=True, force=True)
-    if not isinstance(body, dict):
-        problem = _problem("", "请求体应为 JSON 对象", "the body must be a JSON object")
-        return _bad_request([problem], "请求体应为 JSON 对象 / the body must be a JSON object")
+    try:
+        body = json_object()
+    except BodyError as exc:
+        return _bad_request([_problem("", exc.zh, exc.en)], f"{exc.zh} / {exc.en}")
     problems = [_problem(str(k), f"未知字段“{k}”", f"unknown field {k!r}") for k in body if k not in REQUEST_FIELDS]
     problems += [_problem(k, f"缺少字段“{k}”", f"{k} is required") for k in REQUIRED if body.get(k) in (None, "")]
     if problems:

@@ -23,6 +23,7 @@ from flask import g, jsonify, request
 from wecom_plugin.extensions import db
 from wecom_plugin.web.api import bp
 from wecom_plugin.web.api_auth import require_api_client
+from wecom_plugin.web.json_body import BodyError, json_object
 
 SCOPE_WRITE = "offboarding:write"
 SCOPE_READ = "offboarding:read"
@@ -51,9 +52,10 @@ def start_offboarding():
     """Start an offboarding (HR)."""
     from wecom_plugin.services import offboarding as service
 
-    body = request.get_json(silent=True, force=True)
-    if not isinstance(body, dict):
-        return _error(400, "invalid", "请求体应为 JSON 对象", "the body must be a JSON object")
+    try:
+        body = json_object()
+    except BodyError as exc:
+        return _error(400, "invalid", exc.zh, exc.en)
     unknown = [k for k in body if k not in FIELDS]
     if unknown:
         return _error(400, "invalid", f"未知字段：{', '.join(unknown)}", f"unknown field(s): {', '.join(unknown)}")
@@ -77,8 +79,13 @@ def start_offboarding():
         except ValueError as exc:
             return _error(400, "invalid", "effective_at 格式不正确（ISO 8601，带时区）", str(exc))
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key.strip()) <= 255):
-        return _error(400, "invalid", "Idempotency-Key 长度应为 1–255", "Idempotency-Key must be 1 to 255 characters")
+    if key is not None and not (0 < len(key.strip()) <= 255 and key.isprintable()):
+        return _error(
+            400,
+            "invalid",
+            "Idempotency-Key 应为 1–255 个可打印字符",
+            "Idempotency-Key must be 1 to 255 printable characters",
+        )
     caller = g.api_client
     requested_by = f"api:{caller.client_name}"
     if body.get("requested_by"):

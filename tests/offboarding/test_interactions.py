@@ -10,6 +10,8 @@ from tests.groups.check_support import (
     chat_owner,
     group,
     make_chat,
+    manual_actions,
+    messages_to,
     register,
     set_mode,
 )
@@ -254,3 +256,22 @@ def test_a_finished_offboarding_that_takes_over_a_check_removal_is_open_again(te
         row = db.session.execute(sa.select(ChatChange).where(ChatChange.group_id == gid)).scalar_one()
         assert (row.offboarding_id, row.state) == (off_id, "pending")
         assert db.session.get(Offboarding, off_id).state == "pending"
+
+
+def test_a_leaving_admin_leaves_the_registry_too_and_the_last_one_asks_for_a_new_admin(tenant_app, emulator):
+    """Admins are a role of ours: a leaver removed from the chat is dropped from its admins (audited);
+    when none is left, a manual action asks for a new one (群管理员由综合办公室指定)."""
+    from wecom_plugin.models.groups import GovernedGroup
+
+    gid, chatid = dev_chat(tenant_app, [MEMBER, LEADER, OTHER], owner=LEADER, admins=[OTHER])
+    two, _chat2 = dev_chat(tenant_app, [MEMBER, LEADER, OTHER], owner=LEADER, admins=[OTHER, MEMBER])
+    set_mode(tenant_app, "enforce")
+    offboard(tenant_app, OTHER)
+    drain(tenant_app)
+    assert OTHER not in chat_members(emulator, chatid)
+    with tenant_app.app_context():
+        assert db.session.get(GovernedGroup, gid).admins == []
+        assert db.session.get(GovernedGroup, two).admins == [MEMBER]
+    needed = [m for m in manual_actions(tenant_app) if m.kind == "admin_needed"]
+    assert [(m.group_id, m.userid, m.assignee) for m in needed] == [(gid, OTHER, LEADER)]
+    assert len([m for m in messages_to(emulator, LEADER) if "请指定新的群管理员" in str(m)]) == 1

@@ -812,6 +812,9 @@ def _record(app: Any, engine: sa.Engine, work: _Apply) -> None:
                          detail={"action": "owner", "userid": work.chosen_owner}, session=session)  # fmt: skip
             if fold(work.group.owner or "") != fold(work.chosen_owner):
                 _registry_owner(session, work.group.id, work.chosen_owner, work.group.owner or "")
+        leavers = {r.userid_folded for r in removed if r.source == "offboarding"}
+        if leavers & {fold(a) for a in (work.group.admins or ())}:
+            _registry_admins(session, work.group, leavers)
         if removed:
             from wecom_plugin.runtime.queue import enqueue
 
@@ -840,6 +843,38 @@ def _registry_owner(session: Session, group_id: int, new_owner: str, old_owner: 
             )
     except ValueError as exc:  # RegistryError: the chat has its new owner; the registry refused to record it
         log.warning("group %s: the registry refused the new owner %s: %s", group_id, new_owner, exc)
+
+
+def _registry_admins(session: Session, group: Any, leavers: set[str]) -> None:
+    """A leaver removed from the chat is no longer one of its admins (a role of ours). When none is
+    left, the general office, which designates admins (群管理员由综合办公室指定), gets a manual action."""
+    from wecom_plugin.services import group_registry
+    from wecom_plugin.services.membership_notices import queue_manual_notice
+
+    kept = [a for a in (group.admins or ()) if fold(a) not in leavers]
+    gone = [a for a in (group.admins or ()) if fold(a) in leavers]
+    reason = f"群管理员 {'、'.join(gone)} 已离职 / admin(s) {', '.join(gone)} left the company"
+    try:
+        with session.begin_nested():
+            group_registry.update_group(
+                session, group.id, {"admins": kept}, actor=ACTOR, action="admin_removed", reason=reason
+            )
+    except ValueError as exc:  # RegistryError: keep the chat's removal; the registry edit waits for a person
+        log.warning("group %s: the registry refused to drop leaving admins %s: %s", group.id, gone, exc)
+        return
+    if kept:
+        return
+    settings = group_registry._settings()
+    office = next(iter(settings.general_office_userids), None) if settings is not None else None
+    action_id = session.execute(
+        sa.insert(MANUAL).values(
+            kind="admin_needed", group_id=group.id, chat_ref=group.chatid, userid=gone[0],
+            assignee=office or group.owner, state="open", created_at=utcnow(),
+            detail={"zh": f"群「{group.name}」的管理员 {'、'.join(gone)} 已离职，请指定新的群管理员",
+                    "en": f"Chat {group.name!r}: its admin(s) {', '.join(gone)} left; designate a new admin"},
+        ).returning(MANUAL.c.id)
+    ).scalar_one()  # fmt: skip
+    queue_manual_notice(session, action_id)
 
 
 def _summary(work: _Apply) -> dict[str, Any]:

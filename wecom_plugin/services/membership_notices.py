@@ -192,6 +192,7 @@ MANUAL_TITLES = {
     "offboarding_remove": ("请人工移出离职人员", "remove a leaver by hand"),
     "not_app_chat": ("群成员需人工调整", "change the chat's members by hand"),
     "owner_needed": ("请指定新群主", "choose a new chat owner"),
+    "admin_needed": ("请指定新的群管理员", "designate a new chat admin"),
 }
 
 

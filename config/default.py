@@ -59,6 +59,9 @@ DIRECTORY_SYNC_MINUTES = "60"
 DIRECTORY_SYNC_CONCURRENCY = "8"
 # Days after a departure before the member's personal data is minimised (PIPL); ids and dates stay.
 DIRECTORY_DEPARTED_RETENTION_DAYS = "180"
+# Directory field holding the employee number (工号) the HR system offboards by: "alias" (别名) or
+# the name of a custom field (自定义字段, extattr). Empty: off (only the imported 工号 table is used).
+EMPLOYEE_ID_FIELD = ""
 
 # --- Group governance ------------------------------------------------------------------------------
 # Mode on a new install: observe (report only), then dry_run (plan and record), then enforce (change
@@ -88,6 +91,9 @@ CUSTOMER_GROUP_HANDOVER = "wait"
 # Also look for customer groups the leaver is an ordinary member of (one groupchat/get per customer
 # group of the company, per leaver); each becomes a manual action for that group's owner.
 CUSTOMER_GROUP_MEMBER_SCAN = "false"
+# Days customer groups may wait for the leaver's deletion from the directory (CUSTOMER_GROUP_HANDOVER=wait)
+# before the successor (else the general office) gets one manual action saying they still wait.
+CUSTOMER_GROUP_WAIT_DAYS = "7"
 
 # --- Alerts ----------------------------------------------------------------------------------------
 # Optional generic webhook (outside WeCom) that receives every new alert as JSON.

@@ -89,6 +89,7 @@ class Settings:
     directory_sync_minutes: int
     directory_sync_concurrency: int
     directory_departed_retention_days: int
+    employee_id_field: str
     governance_mode: str
     member_check_time: str
     member_check_brake_total: int
@@ -99,6 +100,7 @@ class Settings:
     exemption_max_days: int
     customer_group_handover: str
     customer_group_member_scan: bool
+    customer_group_wait_days: int
     alert_webhook_url: str | None
     alert_wecom_userids: tuple[str, ...]
     api_rate_limit_per_minute: int
@@ -242,6 +244,7 @@ def load_settings(
         directory_sync_minutes=v.integer("DIRECTORY_SYNC_MINUTES", minimum=0, maximum=7 * 24 * 60),
         directory_sync_concurrency=v.integer("DIRECTORY_SYNC_CONCURRENCY", minimum=1, maximum=32),
         directory_departed_retention_days=v.integer("DIRECTORY_DEPARTED_RETENTION_DAYS", minimum=1),
+        employee_id_field=v.text("EMPLOYEE_ID_FIELD"),
         governance_mode=v.choice("GOVERNANCE_MODE", GOVERNANCE_MODES),
         member_check_time=_clock_time("MEMBER_CHECK_TIME", v.text("MEMBER_CHECK_TIME")),
         member_check_brake_total=v.integer("MEMBER_CHECK_BRAKE_TOTAL", minimum=1),
@@ -252,6 +255,7 @@ def load_settings(
         exemption_max_days=v.integer("EXEMPTION_MAX_DAYS", minimum=1, maximum=3660),
         customer_group_handover=v.choice("CUSTOMER_GROUP_HANDOVER", CUSTOMER_GROUP_HANDOVERS),
         customer_group_member_scan=v.boolean("CUSTOMER_GROUP_MEMBER_SCAN"),
+        customer_group_wait_days=v.integer("CUSTOMER_GROUP_WAIT_DAYS", minimum=1, maximum=365),
         alert_webhook_url=alert_webhook,
         alert_wecom_userids=v.csv("ALERT_WECOM_USERIDS"),
         api_rate_limit_per_minute=v.integer("API_RATE_LIMIT_PER_MINUTE", minimum=1),

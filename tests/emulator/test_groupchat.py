@@ -118,6 +118,20 @@ def test_transfer_of_a_resigned_owners_groups_hands_them_over(emulator):
     assert 3 in statuses
 
 
+def test_an_inherited_group_can_be_transferred_again_when_its_heir_leaves(emulator):
+    group = _resigned_groups(emulator)[0]
+    heir = _heir(emulator)
+    emulator.post("externalcontact/groupchat/transfer", {"chat_id_list": [group.chat_id], "new_owner": heir})
+    assert {r["status"] for r in _list(emulator, owner_filter={"userid_list": [heir]})["group_chat_list"]} == {3}
+    emulator.admin("directory/depart", userid=heir)  # the heir leaves too: 跟进人离职 again
+    listed = _list(emulator, owner_filter={"userid_list": [heir]})["group_chat_list"]
+    assert {r["chat_id"]: r["status"] for r in listed}[group.chat_id] == 1
+    second = _heir(emulator, {heir.lower()})
+    body = emulator.post("externalcontact/groupchat/transfer", {"chat_id_list": [group.chat_id], "new_owner": second})
+    assert body["failed_chat_list"] == []
+    assert emulator.post("externalcontact/groupchat/get", {"chat_id": group.chat_id})["group_chat"]["owner"] == second
+
+
 def test_transfer_can_stay_in_progress_for_a_while(emulator):
     emulator.flags(groupchat_transfer_delay=3600)
     group = _resigned_groups(emulator)[0]

@@ -10,14 +10,25 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.groups.check_support import audits, kill_switch, manual_actions, messages_to, rows, set_mode
+from tests.groups.check_support import (
+    alerts,
+    audits,
+    kill_switch,
+    manual_actions,
+    messages_to,
+    rows,
+    run_worker,
+    set_mode,
+)
 from tests.groups.check_support import sync as sync_mirror
 from tests.offboarding.support import drain, status
 from wecom_plugin.extensions import db
 from wecom_plugin.models.base import utcnow
 from wecom_plugin.models.customer_groups import CustomerGroupHandover
 from wecom_plugin.runtime.queue import enqueue
+from wecom_plugin.services import customer_groups as cg
 from wecom_plugin.services import offboarding as service
+from wecom_plugin.services.offboarding import OffboardingError
 
 TRANSFER = "externalcontact/groupchat/transfer"
 ONJOB = "externalcontact/groupchat/onjob_transfer"
@@ -389,3 +400,225 @@ def test_off_lists_nothing_and_the_offboarding_is_done(make_tenant, emulator):
     assert calls(emulator, "externalcontact/groupchat/list") == []
     view = status(app, leaver)
     assert view["state"] == "done" and view["customer_groups"] is None
+
+
+# --- regressions (review of the handover) ---------------------------------------------------------------
+def test_a_group_the_leaver_inherited_earlier_is_handed_over_again_when_they_leave(make_tenant, emulator):
+    app = make_tenant()
+    leaver, leader = leaver_and_leader(emulator)
+    chat = customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    depart(app, emulator, leaver)
+    assert owner_of(emulator, chat) == leader
+    depart(app, emulator, leader)  # the heir leaves too: the group goes on to the heir's successor
+    heir = owner_of(emulator, chat)
+    assert heir not in (leaver, leader) and len(calls(emulator, TRANSFER)) == 2
+    [second] = [c for c in status(app, leader)["customer_groups"]["chats"]]
+    assert (second["state"], second["successor"]) == ("done", heir)
+
+
+def test_a_group_listed_as_inherited_is_checked_not_taken_as_handed_over(make_tenant, emulator):
+    app = make_tenant(CUSTOMER_GROUP_HANDOVER="onjob")
+    leaver, leader = leaver_and_leader(emulator)
+    chat = customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    depart(app, emulator, leaver)
+    assert owner_of(emulator, chat) == leader
+    listed = emulator.post("externalcontact/groupchat/list", {"limit": 100, "owner_filter": {"userid_list": [leader]}})
+    assert {r["chat_id"]: r["status"] for r in listed["group_chat_list"]}[chat] == 3  # 离职继承完成, owner active
+    offboard(app, leader)  # HR: the heir leaves (still in the directory)
+    drain(app)
+    assert owner_of(emulator, chat) not in (leaver, leader)
+    [call] = calls(emulator, ONJOB)
+    assert call["body"]["chat_id_list"] == [chat]
+    [row] = status(app, leader)["customer_groups"]["chats"]
+    assert row["state"] == "done" and row["method"] == "onjob_transfer" and row["attempts"] == 1
+
+
+def test_a_leader_with_a_scheduled_offboarding_does_not_receive_the_groups(make_tenant, emulator):
+    from datetime import datetime, timezone
+
+    app = make_tenant(CUSTOMER_GROUP_HANDOVER="onjob")
+    leaver, leader = leaver_and_leader(emulator)
+    chat = customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    with app.app_context():  # HR: the leader leaves next week
+        service.start_offboarding(db.session, userid=leader, source="cli", requested_by="user:test",
+                                  effective_at=datetime.now(timezone.utc) + timedelta(days=7))  # fmt: skip
+        db.session.commit()
+    offboard(app, leaver)
+    run_worker(app, rounds=50)  # (drain would wait for the leader's offboarding next week)
+    heir = owner_of(emulator, chat)
+    assert heir not in (leaver, leader)
+    assert any(emulator.tenant.find_user(heir).is_leader_in_dept)  # the department leader instead
+    [row] = handovers(app)
+    assert (row.state, row.successor) == ("done", heir)
+
+
+def test_cancel_is_refused_while_the_groups_are_being_handed_over(make_tenant, emulator, monkeypatch):
+    app = make_tenant(CUSTOMER_GROUP_HANDOVER="onjob")
+    leaver, leader = leaver_and_leader(emulator)
+    chat = customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    answers = []
+    verify = cg._verify_moved
+
+    def hr_cancels_meanwhile(client, run, rows):  # a DELETE arrives while the worker holds the claim
+        with app.app_context():
+            try:
+                answers.append(service.cancel(db.session, run.off.id, "user:hr", "withdrawn"))
+            except OffboardingError as exc:
+                answers.append((exc.status, exc.code))
+            db.session.rollback()
+        return verify(client, run, rows)
+
+    monkeypatch.setattr(cg, "_verify_moved", hr_cancels_meanwhile)
+    offboard(app, leaver)
+    drain(app)
+    assert answers == [(409, "executing")]
+    assert owner_of(emulator, chat) == leader and status(app, leaver)["state"] == "done"
+    monkeypatch.undo()
+    with app.app_context(), pytest.raises(OffboardingError) as refused:  # and afterwards: executed
+        service.cancel(db.session, status(app, leaver)["id"], "user:hr", "withdrawn")
+    assert (refused.value.status, refused.value.code) == (409, "executed")
+
+
+def test_a_cancel_just_before_the_claim_stops_the_transfer(make_tenant, emulator, monkeypatch):
+    app = make_tenant(CUSTOMER_GROUP_HANDOVER="onjob")
+    leaver, _leader = leaver_and_leader(emulator)
+    chat = customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    claim = cg._claim
+
+    def cancelled_first(engine, off):  # the worker read the offboarding; a rehire cancels it; then it claims
+        with app.app_context():
+            assert service.cancel(db.session, off.id, "user:hr", "rehired")["state"] == "cancelled"
+            db.session.commit()
+        return claim(engine, off)
+
+    monkeypatch.setattr(cg, "_claim", cancelled_first)
+    offboard(app, leaver)
+    drain(app)
+    assert owner_of(emulator, chat) == leaver and calls(emulator, ONJOB) == []
+    assert [r.state for r in handovers(app)] == ["cancelled"]
+    assert status(app, leaver)["state"] == "cancelled"
+
+
+def test_one_unreadable_group_becomes_a_manual_action_and_the_rest_moves(make_tenant, emulator):
+    leaver, leader = leaver_and_leader(emulator)
+    outsider, _ = leaver_and_leader(emulator, skip=1)
+    office, _ = leaver_and_leader(emulator, skip=2)
+    app = make_tenant(GENERAL_OFFICE_USERIDS=office)
+    moved, kept = customer_group(emulator, leaver, "已转群"), customer_group(emulator, leaver, "待转群")
+    set_mode(app, "enforce")
+    offboard(app, leaver)
+    drain(app)
+    emulator.admin(f"customer-groups/{moved}", owner=outsider)  # given in the console to someone...
+    tenant, visible = emulator.tenant, emulator.tenant.user_visible
+    tenant.user_visible = lambda p, u: (p.kind == "contact_sync" or u.key != outsider.lower()) and visible(p, u)
+    try:  # ...outside the app's scope: groupchat/get answers 60011
+        depart(app, emulator, leaver)
+    finally:
+        tenant.user_visible = visible
+    assert owner_of(emulator, kept) == leader
+    [call] = calls(emulator, TRANSFER)
+    assert call["body"]["chat_id_list"] == [kept]
+    by_chat = {r.chat_id: r for r in handovers(app)}
+    assert by_chat[kept].state == "done"
+    assert (by_chat[moved].state, by_chat[moved].errcode) == ("manual", 60011)
+    [action] = [a for a in manual_actions(app) if a.kind == "customer_group_transfer"]
+    assert action.assignee == office and action.detail["chat_ids"] == [moved]
+    assert status(app, leaver)["state"] == "partial"
+
+
+def test_a_listing_failure_with_groups_still_open_tells_the_office_and_is_not_retried_every_minute(
+    make_tenant, emulator
+):
+    office, _ = leaver_and_leader(emulator, skip=1)
+    app = make_tenant(GENERAL_OFFICE_USERIDS=office)
+    leaver, _leader = leaver_and_leader(emulator)
+    chat = customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    emulator.admin("directory/disable", userid=leaver)
+    sync_mirror(app)
+    drain(app)
+    assert [r.state for r in handovers(app)] == ["waiting"]
+    # After the deletion WeCom answers 40003 to the owner filter and 81017 to the fallback (scope > limit).
+    emulator.flags(groupchat_resigned_listing="observed", groupchat_scope_limit=1)
+    depart(app, emulator, leaver)
+    listed = len(calls(emulator, "externalcontact/groupchat/list"))
+    for _ in range(3):
+        fire_sweep(app)
+    assert len(calls(emulator, "externalcontact/groupchat/list")) == listed
+    [row] = handovers(app)
+    assert (row.chat_id, row.state, row.errcode) == (chat, "manual", 81017)
+    [action] = [a for a in manual_actions(app) if a.kind == "customer_group_transfer"]
+    assert action.assignee == office and action.detail["chat_ids"] == [chat]
+    view = status(app, leaver)
+    assert view["state"] == "partial" and view["customer_groups"]["listing"] == "failed"
+
+
+def test_groups_waiting_too_long_for_the_deletion_open_one_manual_action(make_tenant, emulator):
+    app = make_tenant(CUSTOMER_GROUP_WAIT_DAYS="7")
+    leaver, leader = leaver_and_leader(emulator)
+    chats = [customer_group(emulator, leaver, f"客户群{i}") for i in range(2)]
+    set_mode(app, "enforce")
+    emulator.admin("directory/disable", userid=leaver)
+    sync_mirror(app)
+    drain(app)
+    fire_sweep(app)
+    assert [a for a in manual_actions(app) if a.kind == "customer_group_transfer"] == []  # not yet
+    with app.app_context():  # eight days later
+        db.session.execute(sa.update(CustomerGroupHandover).values(created_at=utcnow() - timedelta(days=8)))
+        db.session.commit()
+    fire_sweep(app)
+    fire_sweep(app)
+    [action] = [a for a in manual_actions(app) if a.kind == "customer_group_transfer"]
+    assert action.assignee == leader and sorted(action.detail["chat_ids"]) == sorted(chats)
+    assert "已等待 7 天" in action.detail["zh"]
+    assert len([m for m in messages_to(emulator, leader) if "群治理待办" in str(m)]) == 1
+    assert {(r.state, r.manual_action_id) for r in handovers(app)} == {("waiting", action.id)}
+    assert status(app, leaver)["state"] == "pending" and calls(emulator, TRANSFER) == calls(emulator, ONJOB) == []
+    depart(app, emulator, leaver)  # the deletion at last: moved, and the action is done
+    assert {owner_of(emulator, c) for c in chats} == {leader}
+    [action] = [a for a in manual_actions(app) if a.kind == "customer_group_transfer"]
+    assert action.state == "done" and status(app, leaver)["state"] == "done"
+
+
+def test_two_offboardings_of_one_person_share_one_claim(make_tenant, emulator):
+    app = make_tenant()
+    leaver, _leader = leaver_and_leader(emulator)
+    customer_group(emulator, leaver, "客户群")
+    set_mode(app, "enforce")
+    first = offboard(app, leaver)
+    drain(app)
+    with app.app_context():
+        service.cancel(db.session, first, "user:hr", "withdrawn")
+        db.session.commit()
+    second = offboard(app, leaver)  # HR again: a new offboarding of the same person
+    assert second != first
+    with app.app_context():
+        engine = db.engine
+        off = db.session.execute(sa.select(cg.OFF).where(cg.OFF.c.id == first)).one()
+    assert cg._claim(engine, off) is not None  # a worker of the first one holds the leaver's groups
+    with pytest.raises(cg.HandoverBusy):
+        cg.handover(app, second)
+
+
+def test_a_manual_action_with_nobody_to_assign_raises_an_alert(make_tenant, emulator):
+    busy = _in_seeded_groups(emulator)
+    ceo = next(u for u in emulator.users() if not u.direct_leader and u.key not in busy)
+    app = make_tenant(GENERAL_OFFICE_USERIDS="", GROUP_APPROVERS="", ALERT_WECOM_USERIDS="")
+    for dep in ceo.departments:
+        for u in emulator.users():
+            if u.key != ceo.key and dep in u.departments and u.is_leader_in_dept[u.departments.index(dep)]:
+                flags = [0 if d == dep else f for d, f in zip(u.departments, u.is_leader_in_dept, strict=True)]
+                emulator.admin("directory/update", userid=u.userid, is_leader_in_dept=flags)
+    customer_group(emulator, ceo.userid, "总经理客户群")
+    sync_mirror(app)
+    set_mode(app, "enforce")
+    depart(app, emulator, ceo.userid)
+    [action] = [a for a in manual_actions(app) if a.kind == "customer_group_transfer"]
+    assert action.assignee is None
+    [alert] = alerts(app, f"customer_groups.no_assignee:{status(app, ceo.userid)['id']}")
+    assert str(action.id) in alert.title_zh

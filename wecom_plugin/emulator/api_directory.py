@@ -143,7 +143,7 @@ def user_view(ctx: Ctx, user: User, legacy_list: bool = False, mode: str | None 
     if keep or blank:
         out["address"] = user.address if keep else ""
     out["main_department"] = user.main_department
-    out["extattr"] = {"attrs": []}
+    out["extattr"] = {"attrs": [dict(a) for a in user.extattr]}
     out["status"] = user.status
     if keep:
         digest = hashlib.md5(user.key.encode(), usedforsecurity=False).hexdigest()[:16]

@@ -168,7 +168,27 @@ def user_from_dict(spec: dict[str, Any], data: CorpData, where: str = "user") ->
         english_name=str(spec.get("english_name", "")),
         external_position=str(spec.get("external_position", "")),
         customer_contact=bool(spec.get("customer_contact", True)),
+        extattr=extattr_from(spec.get("extattr"), where),
     )
+
+
+def extattr_from(spec: Any, where: str = "extattr") -> list[dict[str, Any]]:
+    """Custom fields (自定义字段) as ``user/get`` lists them in ``extattr.attrs`` (§2.4): a list of
+    ``{"type":0,"name":..,"text":{"value":..}}`` (or ``{"type":1,"name":..,"web":{..}}``), given as
+    that list or as ``{"attrs": [...]}``. A ``{"name":..,"value":..}`` shorthand becomes a text field."""
+    if spec is None:
+        return []
+    attrs = spec.get("attrs") if isinstance(spec, dict) else spec
+    if not isinstance(attrs, list):
+        raise OrgError(f"{where}: extattr must be a list of custom fields (or {{'attrs': [...]}})")
+    out: list[dict[str, Any]] = []
+    for attr in attrs:
+        if not isinstance(attr, dict) or not isinstance(attr.get("name"), str) or not attr["name"]:
+            raise OrgError(f"{where}: every custom field needs a name")
+        if "value" in attr and "text" not in attr and "web" not in attr:
+            attr = {"type": 0, "name": attr["name"], "text": {"value": str(attr["value"])}}
+        out.append(json.loads(json.dumps(attr)))
+    return out
 
 
 def _visibility(spec: Any, where: str) -> Visibility:

@@ -204,6 +204,7 @@ class User:
     external_position: str = ""
     customer_contact: bool = True  # has the 客户联系 function (needed to inherit customer groups)
     open_userid: str = ""
+    extattr: list[dict[str, Any]] = field(default_factory=list)  # 自定义字段 (user/get extattr.attrs, §2.4)
 
     @property
     def key(self) -> str:
@@ -281,16 +282,20 @@ class CustomerGroup:
     members: list[dict[str, Any]]
     notice: str = ""
     admins: list[str] = field(default_factory=list)
-    transferred_at: float | None = None  # resigned-owner transfer (status 2 → 3)
+    transferred_at: float | None = None  # last resigned-owner transfer (status 2 → 3 under the heir)
     onjob_transfers: list[float] = field(default_factory=list)
 
     def status(self, data: CorpData, now: float, transfer_delay: float) -> int:
-        """0 owner active · 1 owner resigned · 2 inheritance in progress · 3 inheritance done (§6.1)."""
-        if self.transferred_at is not None:
-            return 3 if now >= self.transferred_at + transfer_delay else 2
+        """0 owner active · 1 owner resigned · 2 inheritance in progress · 3 inheritance done (§6.1).
+
+        The current owner's departure comes first: a group inherited once (2/3 under its heir) is
+        "跟进人离职" (1) again when the heir is deleted, and ``groupchat/transfer`` may move it again
+        (§6.3 only asks that the owner resigned) [unconfirmed: what WeCom lists for such a group]."""
         key = self.owner.lower()
         if key not in data.users and key in data.departed:
             return 1
+        if self.transferred_at is not None:
+            return 3 if now >= self.transferred_at + transfer_delay else 2
         return 0
 
     def member_version(self) -> str:
@@ -1137,13 +1142,20 @@ class Tenant:
             allowed = {
                 "name", "department", "order", "is_leader_in_dept", "main_department", "position", "status",
                 "direct_leader", "mobile", "gender", "email", "biz_mail", "avatar", "alias", "telephone",
-                "address", "english_name", "external_position", "customer_contact",
+                "address", "english_name", "external_position", "customer_contact", "extattr",
             }  # fmt: skip
             unknown = set(changes) - allowed
             if unknown:
                 raise DirectoryError(f"unknown user fields: {sorted(unknown)}")
             if "status" in changes and changes["status"] not in USER_STATUSES:
                 raise DirectoryError("status must be 1, 2, 4 or 5")
+            if "extattr" in changes:
+                from .org import OrgError, extattr_from
+
+                try:
+                    changes["extattr"] = extattr_from(changes["extattr"])
+                except OrgError as exc:
+                    raise DirectoryError(str(exc)) from None
             if "department" in changes:
                 depts = changes.pop("department")
                 if not isinstance(depts, list) or not depts or any(x not in d.departments for x in depts):
@@ -1557,6 +1569,7 @@ def user_record(user: User) -> dict[str, Any]:
         "english_name": user.english_name,
         "external_position": user.external_position,
         "customer_contact": user.customer_contact,
+        "extattr": [dict(a) for a in user.extattr],
     }
 
 

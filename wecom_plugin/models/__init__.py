@@ -16,6 +16,7 @@ from wecom_plugin.models.directory import (
     Tag,
     TagMember,
 )
+from wecom_plugin.models.employee_numbers import EmployeeNumber
 from wecom_plugin.models.groups import (
     ChatChange,
     ChatMember,
@@ -55,6 +56,7 @@ __all__ = [
     "DirectoryChange",
     "DirectoryOutbox",
     "DirectorySync",
+    "EmployeeNumber",
     "Job",
     "JobStep",
     "Occurrence",

@@ -38,6 +38,8 @@ class Person(Base):
     is_leader_in_dept: Mapped[list[int]] = mapped_column(JSONDoc, default=list)
     direct_leaders: Mapped[list[str]] = mapped_column(JSONDoc, default=list)
     status: Mapped[int] = mapped_column(sa.SmallInteger, default=1, index=True)
+    # 工号 from the directory field EMPLOYEE_ID_FIELD (None when it is off or the member has none)
+    employee_id: Mapped[str | None] = mapped_column(sa.String(128), index=True)
     departed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fingerprint: Mapped[str] = mapped_column(sa.String(32), default="")
     minimised_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

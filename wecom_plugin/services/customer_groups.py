@@ -6,13 +6,18 @@ chats and the app cannot change their members. What WeCom allows, and what this 
 * **Listing**: ``groupchat/list`` with ``owner_filter`` = the leaver (cursor pages). Groups of an owner
   deleted from the directory are listed only with that filter (§6.1); one report says WeCom answers 40003
   to it (§14.8), so on 40003 for a deleted owner the groups of all resigned owners (``status_filter=1``)
-  are read one by one (``groupchat/get``) and the leaver's kept. Listed status 2/3 (inheritance in
-  progress / done) counts as handed over.
+  are read one by one (``groupchat/get``) and the leaver's kept. Listed status 2/3 (离职继承中/完成) is
+  the group's last inheritance, not a sign that it left this owner (a group the leaver inherited earlier
+  shows 3 under them): such a group is checked with ``groupchat/get`` like an unlisted one. A listing
+  WeCom refuses (48002, 81017...) fails the scan with one alert; rows an earlier run recorded and still
+  open become one manual action for the general office (the offboarding settles ``partial``), and the
+  sweep retries such an offboarding at most hourly.
 * **Successor**: the leaver's direct leader (``direct_leaders`` of the directory mirror, the first one
   active), else the leader of their main department or the nearest parent department (active, not the
-  leaver). Nobody: the groups become a manual action for the general office (GENERAL_OFFICE_USERIDS,
-  else GROUP_APPROVERS, else ALERT_WECOM_USERIDS). Re-resolved on every run, so a successor who left
-  meanwhile is replaced.
+  leaver, not leaving: no scheduled/pending/running offboarding, none finished within OFFBOARDED_DAYS
+  without a rehire, as for new chat owners). Nobody: the groups become a manual action for the general
+  office (GENERAL_OFFICE_USERIDS, else GROUP_APPROVERS, else ALERT_WECOM_USERIDS). Re-resolved on every
+  run, so a successor who left meanwhile is replaced.
 * **Method**: once the leaver is deleted from the directory (mirror status 5: a ``departed`` record),
   ``groupchat/transfer``. Before that, per ``CUSTOMER_GROUP_HANDOVER``:
 
@@ -21,7 +26,10 @@ chats and the app cannot change their members. What WeCom allows, and what this 
     lifted, an HR offboarding withdrawn cannot give the groups back without spending another of the
     group's two on-the-job transfers per 90 days), moves the leaver's customers while the leaver may
     still be serving them, and ``groupchat/transfer`` is the path WeCom designed for leavers (no 90-day
-    limit). The price: the groups stay with a disabled or leaving account until the deletion.
+    limit). The price: the groups stay with a disabled or leaving account until the deletion. After
+    CUSTOMER_GROUP_WAIT_DAYS (default 7) waiting, ONE manual action for the successor (else the general
+    office) says so; the offboarding stays open (it is waiting) but a person is told, and the action is
+    resolved when the groups are handed over (or the offboarding is cancelled).
   - ``onjob``: ``groupchat/onjob_transfer`` at once. Per chat: 40058 (WeCom says the owner resigned:
     the mirror has not seen the deletion yet) waits for the deletion; 45009 (the group was moved twice
     in 90 days, or the 300-a-day limit) fails with a manual action and is retried with
@@ -43,9 +51,18 @@ chats and the app cannot change their members. What WeCom allows, and what this 
 * **Idempotent**: one row per (offboarding, chat), written before any transfer; every run lists again
   first. A group no longer listed under the leaver is checked with ``groupchat/get``: owned by the
   successor (or anyone else) it counts as done and is not transferred again, so a repeated trigger, a
-  retried job or a crash after the call never moves a group twice. The call runs as an at-most-once step
-  of the ``customer_groups.handover`` job; an unknown outcome is settled by the next attempt's listing.
-  One worker at a time per offboarding (a compare-and-set claim on ``customer_group_scan``).
+  retried job or a crash after the call never moves a group twice. A group WeCom will not show (60011:
+  its owner is outside the app's scope) becomes a manual action for the general office; the rest
+  proceed. The call runs as an at-most-once step of the ``customer_groups.handover`` job; an unknown
+  outcome (also a ``failed_chat_list`` entry that names no chat or no errcode) is settled by the next
+  attempt's listing. One worker at a time per leaver (a compare-and-set claim on the leaver's first
+  ``customer_group_scan`` row, so two offboardings of one person never move the same group twice),
+  renewed during long reads and checked, with the offboarding's state, right before each transfer and
+  each manual action. ``offboarding.cancel`` is refused (409 ``executing``) while the claim is held and
+  (409 ``executed``) once a group was transferred by us, failed or handed to a person; otherwise it
+  takes the claim for its transaction, and a run that claims later stops at its first check.
+  A manual action with nobody to assign it to (no general office, approvers or alert recipients)
+  raises an alert.
 * **Switches**: listing is a read and happens in every mode; a transfer (and the manual actions that
   follow from execution) only in ``enforce`` with the kill switch off, read right before each call.
   In observe and dry run the rows stay pending and the offboarding open.
@@ -66,6 +83,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -110,7 +128,11 @@ RETRY_ON_DELETION = (codes.INVALID_PARAMETER, codes.API_FREQ_OUT_OF_LIMIT)
 #: Top-level errcodes that mean WeCom will not give groups to this successor.
 SUCCESSOR_REFUSED = (codes.INVALID_USERID, codes.NO_PRIVILEGE)
 LEASE_SECONDS = 300
+#: Renew the claim during long reads (listing, checks, the member scan) at most this often.
+RENEW_EVERY = LEASE_SECONDS / 5
 REQUEUE_AFTER = timedelta(minutes=2)
+#: Open rows under a failed listing are retried this rarely (the sweep; normally they became manual).
+FAILED_LISTING_RETRY = timedelta(hours=1)
 MANUAL_KIND = "customer_group_transfer"
 MEMBER_KIND = "customer_group_member"
 Step = Callable[[str, Callable[[], Any]], Any]
@@ -118,6 +140,10 @@ Step = Callable[[str, Callable[[], Any]], Any]
 
 class HandoverBusy(RateLimitedError):
     """Another worker is handing over this offboarding's groups; nothing was sent."""
+
+
+class _Cancelled(Exception):
+    """The offboarding was cancelled during the run: nothing more is sent."""
 
 
 class HandoverOutcomeUnknown(RetryableError):
@@ -242,11 +268,13 @@ def view(session: Session | sa.Connection, offboarding_id: int) -> dict[str, Any
 # --- the successor ------------------------------------------------------------------------------------
 def successor_for(conn: Session | sa.Connection, person: Any, leaver_folded: str) -> tuple[str | None, str]:
     """Who receives the leaver's groups, and why: the first active direct leader, else the leader of
-    the main department or the nearest parent department (active, not the leaver)."""
+    the main department or the nearest parent department (active, not the leaver, not leaving: no
+    scheduled, pending or running offboarding, none finished within OFFBOARDED_DAYS without a rehire)."""
     if person is None:
         return None, "not in the directory mirror"
+    leaving = _leaving(conn)
     for userid in person.direct_leaders or ():
-        found = _active(conn, userid, leaver_folded)
+        found = _active(conn, userid, leaver_folded, leaving)
         if found:
             return found, "direct_leader"
     dept = person.main_department or next(iter(person.departments or ()), None)
@@ -257,16 +285,26 @@ def successor_for(conn: Session | sa.Connection, person: Any, leaver_folded: str
         if row is None:
             break
         for userid in row.leaders or ():
-            found = _active(conn, userid, leaver_folded)
+            found = _active(conn, userid, leaver_folded, leaving)
             if found:
                 return found, "department_leader"
         dept = row.parent_id
     return None, "no active leader in the directory"
 
 
-def _active(conn: Session | sa.Connection, userid: str, leaver_folded: str) -> str | None:
+def _leaving(conn: Session | sa.Connection) -> set[str]:
+    """Folded userids who are leaving or just left (as ``chat_changes`` excludes new chat owners), plus
+    any with a scheduled offboarding (an HR leaver still active in WeCom)."""
+    from wecom_plugin.services.membership_check import OFFBOARDED_DAYS, offboarded
+
+    out = offboarded(conn, recent_days=OFFBOARDED_DAYS)
+    out.update(conn.execute(sa.select(OFF.c.userid_folded).where(OFF.c.state == "scheduled")).scalars())
+    return out
+
+
+def _active(conn: Session | sa.Connection, userid: str, leaver_folded: str, leaving: set[str]) -> str | None:
     folded = fold(userid or "")
-    if not folded or folded == leaver_folded:
+    if not folded or folded == leaver_folded or folded in leaving:
         return None
     row = conn.execute(sa.select(PERSON.c.userid, PERSON.c.status).where(PERSON.c.userid_folded == folded)).first()
     return row.userid if row is not None and row.status == ACTIVE else None
@@ -288,6 +326,8 @@ class _Run:
     settings: Any
     engine: sa.Engine
     fence: str
+    lock_id: int  # the leaver's claim row (see _claim)
+    renewed: float = field(default_factory=time.monotonic)
     deleted: bool = False
     successor: str | None = None
     successor_how: str = ""
@@ -297,6 +337,7 @@ class _Run:
     unknown: bool = False
     rate_limited: Exception | None = None
     notes: list[str] = field(default_factory=list)
+    unreadable: list[tuple[Any, WeComError]] = field(default_factory=list)
 
 
 def handover(app: Any, offboarding_id: int, guard: Callable[[], None] | None = None, *, step: Step | None = None):
@@ -325,14 +366,20 @@ def handover(app: Any, offboarding_id: int, guard: Callable[[], None] | None = N
             n = _cancel_rows(session, off)
             _set_scan(session, offboarding_id, state="cancelled")
             return {"offboarding_id": offboarding_id, "state": "cancelled", "cancelled": n}
-    fence = _claim(engine, offboarding_id)
-    if fence is None:
-        raise HandoverBusy(f"offboarding #{offboarding_id}: another worker is handing over its groups", 2.0)
+    claimed = _claim(engine, off)
+    if claimed is None:
+        raise HandoverBusy(f"offboarding #{offboarding_id}: another worker is handing over {off.userid}'s groups", 2.0)
+    fence, lock_id = claimed
     try:
-        run = _Run(off, settings, engine, fence)
+        run = _Run(off, settings, engine, fence, lock_id)
         return _handover(app, run, guard, step)
+    except _Cancelled:
+        with Session(engine) as session, session.begin():
+            n = _cancel_rows(session, off)
+            _set_scan(session, offboarding_id, state="cancelled")
+        return {"offboarding_id": offboarding_id, "state": "cancelled", "cancelled": n}
     finally:
-        _release(engine, offboarding_id, fence)
+        _release(engine, lock_id, fence)
 
 
 def _engine(app: Any) -> sa.Engine:
@@ -354,14 +401,14 @@ def _handover(app: Any, run: _Run, guard: Callable[[], None] | None, step: Step 
     client = client_for(app, guard=guard)
     try:
         try:
-            listed = _list_owned(client, off.userid, run.deleted)
+            listed = _list_owned(client, run)
         except (WeComApiError, WeComConfigError) as exc:
-            _listing_failed(run, exc)
-            return {**result, "state": "listing_failed", "errcode": exc.errcode}
+            manual = _listing_failed(client, run, exc)
+            return {**result, "state": "listing_failed", "errcode": exc.errcode, "manual": manual}
         members: dict[str, tuple[str, str]] | None = None
         scanned = _scan_state(run.engine, off.id)
         if run.settings.customer_group_member_scan and scanned is not None and scanned.members_scanned_at is None:
-            members = _scan_members(client, run.engine, off.userid_folded, set(listed))
+            members = _scan_members(client, run, set(listed))
         verify = _record_listing(run, listed, members)
         _verify_moved(client, run, verify)
         result.update(listed=len(listed), successor=run.successor, successor_how=run.successor_how,
@@ -396,30 +443,45 @@ def _switches(run: _Run) -> Any:
 
 
 # --- listing ------------------------------------------------------------------------------------------
-def _pages(client: Any, **options: Any) -> dict[str, int]:
+def _pages(client: Any, run: _Run, **options: Any) -> dict[str, int]:
     """Every ``{chat_id: status}`` of ``groupchat/list`` with ``options``, one read budget per page."""
     out: dict[str, int] = {}
     client.spend(read_asks(LIST))
     for page in externalcontact.groupchat_list_pages(client, **options):
         for row in page.rows:
             if row.get("chat_id"):
-                out[str(row["chat_id"])] = int(row.get("status") or 0)
+                out[str(row["chat_id"])] = _int(row.get("status"))
         if page.next_cursor:
+            _renew(run, force=False)
             client.spend(read_asks(LIST))
     return out
 
 
-def _list_owned(client: Any, userid: str, deleted: bool) -> dict[str, int]:
-    """The leaver's groups, ``{chat_id: status}`` (status 0 active owner, 1 resigned, 2/3 inheriting/done)."""
+def _int(value: Any) -> int:
     try:
-        return _pages(client, status_filter=0, owner_userids=[userid])
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _list_owned(client: Any, run: _Run) -> dict[str, int]:
+    """The leaver's groups, ``{chat_id: status}`` (status 0 active owner, 1 resigned, 2/3 inheriting/done:
+    a status of the group's last inheritance, not of this owner, so 2/3 are checked like unlisted ones)."""
+    userid = run.off.userid
+    try:
+        return _pages(client, run, status_filter=0, owner_userids=[userid])
     except WeComApiError as exc:
-        if not (deleted and exc.errcode == codes.INVALID_USERID):
+        if not (run.deleted and exc.errcode == codes.INVALID_USERID):
             raise
     # §14.8 (observed): 40003 for a resigned owner in the filter, while status_filter=1 lists their groups.
     out = {}
-    for chat_id, status in _pages(client, status_filter=1).items():
-        chat = _get(client, chat_id)
+    for chat_id, status in _pages(client, run, status_filter=1).items():
+        _renew(run, force=False)
+        try:
+            chat = _get(client, chat_id)
+        except (WeComApiError, WeComConfigError) as exc:  # another resigned owner's group we may not read
+            log.info("customer group %s: %s", chat_id, exc)
+            continue
         if chat is not None and fold(str(chat.get("owner") or "")) == fold(userid):
             out[chat_id] = status
     return out
@@ -436,9 +498,11 @@ def _get(client: Any, chat_id: str, *, need_name: bool = False) -> dict[str, Any
         raise
 
 
-def _scan_members(client: Any, engine: sa.Engine, leaver_folded: str, owned: set[str]) -> dict[str, tuple[str, str]]:
-    """Groups (not the leaver's own) holding the leaver as a member: ``{chat_id: (owner, name)}``."""
-    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+def _scan_members(client: Any, run: _Run, owned: set[str]) -> dict[str, tuple[str, str]]:
+    """Groups (not the leaver's own) holding the leaver as a member: ``{chat_id: (owner, name)}``. A batch
+    of owners WeCom refuses (or one unreadable group) is skipped and logged; the rest is scanned."""
+    leaver_folded = run.off.userid_folded
+    with run.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
         owners = [
             u for (u,) in conn.execute(
                 sa.select(PERSON.c.userid).where(PERSON.c.status != LEFT, PERSON.c.userid_folded != leaver_folded)
@@ -447,14 +511,21 @@ def _scan_members(client: Any, engine: sa.Engine, leaver_folded: str, owned: set
         ]  # fmt: skip
     chats: dict[str, int] = {}
     for i in range(0, len(owners), externalcontact.OWNER_FILTER_MAX):
-        chats.update(_pages(client, status_filter=0, owner_userids=owners[i : i + externalcontact.OWNER_FILTER_MAX]))
+        _renew(run, force=False)
+        batch = owners[i : i + externalcontact.OWNER_FILTER_MAX]
+        try:
+            chats.update(_pages(client, run, status_filter=0, owner_userids=batch))
+        except (WeComApiError, WeComConfigError) as exc:  # one refused batch does not stop the scan
+            log.warning("customer groups of %d owners (%s...): %s", len(batch), batch[0], exc)
+            run.notes.append(f"member scan: owners {batch[0]}.. skipped ({exc.errcode})")
     found: dict[str, tuple[str, str]] = {}
     for chat_id in chats:
         if chat_id in owned:
             continue
+        _renew(run, force=False)
         try:
             chat = _get(client, chat_id)
-        except WeComApiError as exc:  # one unreadable group does not stop the scan
+        except (WeComApiError, WeComConfigError) as exc:  # one unreadable group does not stop the scan
             log.warning("customer group %s: %s", chat_id, exc)
             continue
         if chat is None:
@@ -466,7 +537,10 @@ def _scan_members(client: Any, engine: sa.Engine, leaver_folded: str, owned: set
     return found
 
 
-def _listing_failed(run: _Run, exc: WeComError) -> None:
+def _listing_failed(client: Any, run: _Run, exc: WeComError) -> int:
+    """The listing was refused: the scan ``failed`` with one alert; groups recorded by an earlier run and
+    still open cannot be checked or moved, so (when changes are allowed) they become one manual action
+    for the general office and the offboarding can settle (``partial``). Returns how many became manual."""
     from wecom_plugin.services.alerts import raise_alert
 
     off = run.off
@@ -490,23 +564,37 @@ def _listing_failed(run: _Run, exc: WeComError) -> None:
             detail={"offboarding_id": off.id, "userid": off.userid, "errcode": exc.errcode, "errmsg": exc.errmsg[:300]},
             session=session,
         )
+        open_rows = session.execute(
+            sa.select(HAND)
+            .where(HAND.c.offboarding_id == off.id, HAND.c.state.in_(OPEN_ROW_STATES), HAND.c.method != "member")
+            .order_by(HAND.c.id)
+        ).all()
+    manual = 0
+    if open_rows and _switches(run).may_change_chats:
+        _no_successor(
+            client, run, open_rows, f"无法读取其客户群列表（{exc.errcode}：{exc.errmsg[:100]}）",
+            f"their customer groups cannot be listed ({exc.errcode}: {exc.errmsg[:100]})",
+            errcode=exc.errcode, errmsg=exc.errmsg,
+        )  # fmt: skip
+        manual = len(open_rows)
+    with Session(run.engine) as session, session.begin():
         _settle(session, off.id)
+    return manual
 
 
 def _record_listing(run: _Run, listed: dict[str, int], members: dict[str, tuple[str, str]] | None) -> list[Any]:
     """Write one row per listed group (new ones pending or waiting), bring open rows up to date (method,
-    successor), and return the open rows no longer listed under the leaver (to check: moved?)."""
+    successor), and return the open rows to check with ``groupchat/get`` (moved?): those no longer listed
+    under the leaver, and those listed with status 2/3 (the group's last inheritance, which may have
+    made the leaver its owner: not a sign that it left them)."""
     off, now = run.off, utcnow()
     wait = not run.deleted and run.settings.customer_group_handover != "onjob"
     method = "transfer" if run.deleted or wait else "onjob_transfer"
     with Session(run.engine) as session, session.begin():
-        for chat_id, status in listed.items():
-            moved = status in (2, 3)  # WeCom accepted a transfer (inheritance in progress / done)
+        for chat_id in listed:
             values = dict(
                 offboarding_id=off.id, chat_id=chat_id, name="", from_userid=off.userid, successor=run.successor,
-                method=method, state="done" if moved else ("waiting" if wait else "pending"), attempts=0,
-                created_at=now, updated_at=now, done_at=now if moved else None,
-                errmsg="listed as handed over by WeCom" if moved else None,
+                method=method, state="waiting" if wait else "pending", attempts=0, created_at=now, updated_at=now,
             )  # fmt: skip
             session.execute(
                 insert_for(session, HAND)
@@ -529,8 +617,7 @@ def _record_listing(run: _Run, listed: dict[str, int], members: dict[str, tuple[
                 verify.append(r)
                 continue
             if status in (2, 3):
-                _finish(session, r, "done", None, "listed as handed over by WeCom")
-                continue
+                verify.append(r)  # and brought up to date below: still the leaver's unless get says otherwise
             if run.deleted:
                 new = {"method": "transfer", "state": "pending"}
             elif r.state == "waiting" and r.errcode == codes.INVALID_PARAMETER:
@@ -580,9 +667,17 @@ def _reopen_if_work(session: Session, off: Any) -> None:
 
 
 def _verify_moved(client: Any, run: _Run, rows: list[Any]) -> None:
-    """Open rows no longer listed under the leaver: read who owns the group now."""
+    """Open rows not (or not plainly) listed under the leaver: read who owns the group now. A group WeCom
+    will not show (60011: its owner is outside the app's scope, 40003...) is kept out of this run's
+    transfers and, when changes are allowed, becomes a manual action (``run.unreadable``)."""
     for r in rows:
-        chat = _get(client, r.chat_id)
+        _renew(run, force=False)
+        try:
+            chat = _get(client, r.chat_id)
+        except (WeComApiError, WeComConfigError) as exc:
+            log.warning("customer group %s of offboarding %s: %s", r.chat_id, run.off.id, exc)
+            run.unreadable.append((r, exc))
+            continue
         with Session(run.engine) as session, session.begin():
             if chat is None:
                 _finish(session, r, "done", None, "the group no longer exists (dismissed)")
@@ -607,10 +702,14 @@ def _execute(client: Any, run: _Run, step: Step | None) -> None:
         rows = conn.execute(
             sa.select(HAND).where(HAND.c.offboarding_id == off.id, HAND.c.state == "pending").order_by(HAND.c.id)
         ).all()
+    unreadable = {r.id for r, _ in run.unreadable}
     members = [r for r in rows if r.method == "member"]
-    transfers = [r for r in rows if r.method != "member"]
+    transfers = [r for r in rows if r.method != "member" and r.id not in unreadable]
     if members:
         _member_actions(client, run, members)
+    if run.unreadable:
+        _unreadable_actions(client, run)
+    _wait_overdue(client, run)
     if not transfers:
         return
     if run.successor is None:
@@ -626,10 +725,61 @@ def _execute(client: Any, run: _Run, step: Step | None) -> None:
             if not _switches(run).may_change_chats:  # a kill switch thrown mid-run stops the rest
                 run.notes.append("held: the switches changed during the run")
                 return
-            _renew(run)
+            _renew(run)  # the claim is still ours and the offboarding not cancelled, right before the call
             _transfer_chunk(client, run, method, chunk, step)
             if run.rate_limited is not None:
                 return
+
+
+def _unreadable_actions(client: Any, run: _Run) -> None:
+    """Groups no longer listed under the leaver that WeCom will not show: a person checks who owns them."""
+    rows = [r for r, _ in run.unreadable]
+    exc = run.unreadable[0][1]
+    codes_seen = "/".join(sorted({str(e.errcode) for _, e in run.unreadable}))
+    _no_successor(
+        client, run, rows, f"无法读取这些客户群现在的群主（{codes_seen}：群主可能不在本应用的可见范围内）",
+        f"their current owner cannot be read ({codes_seen}: the owner may be outside the app's scope)",
+        errcode=exc.errcode, errmsg=exc.errmsg,
+    )  # fmt: skip
+    run.unreadable = []
+
+
+def _wait_overdue(client: Any, run: _Run) -> None:
+    """Groups waiting for the leaver's deletion longer than CUSTOMER_GROUP_WAIT_DAYS: ONE manual action
+    (for the successor, else the general office) says they still wait; the rows keep waiting and the
+    action is resolved once they are all handed over."""
+    days = int(getattr(run.settings, "customer_group_wait_days", 7) or 7)
+    with run.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        rows = conn.execute(
+            sa.select(HAND).where(
+                HAND.c.offboarding_id == run.off.id, HAND.c.state == "waiting", HAND.c.method != "member",
+                HAND.c.manual_action_id.is_(None), HAND.c.created_at < utcnow() - timedelta(days=days),
+            ).order_by(HAND.c.id)
+        ).all()  # fmt: skip
+    if not rows:
+        return
+    off = run.off
+    names = _names(client, rows)
+    more_zh, more_en = (" 等", " and more") if len(rows) > 10 else ("", "")
+    listing = "、".join(f"「{names.get(r.chat_id) or r.chat_id}」" for r in rows[:10]) + more_zh
+    listing_en = ", ".join(repr(names.get(r.chat_id) or r.chat_id) for r in rows[:10]) + more_en
+    assignee = run.successor or _office(run.settings)
+    with Session(run.engine) as session, session.begin():
+        action_id = _open_action(
+            session, run, kind=MANUAL_KIND, assignee=assignee, chat_ref=rows[0].chat_id,
+            zh=f"离职人员 {off.userid} 的 {len(rows)} 个客户群已等待 {days} 天仍未转交：系统在该成员从通讯录删除后才以"
+            f"离职继承转给 {run.successor or '接收人'}。请确认是否应删除该成员，或在管理后台「客户联系 → 在职继承」中"
+            f"手动分配：{listing}",
+            en=f"{len(rows)} customer group(s) of the leaver {off.userid} have waited {days} days: they are handed "
+            f"over to {run.successor or 'a successor'} once the member is deleted from the directory. Check whether "
+            f"the member should be deleted, or assign them in the admin console (客户联系 → 在职继承): {listing_en}",
+            detail={"chat_ids": [r.chat_id for r in rows], "waiting_days": days},
+        )  # fmt: skip
+        session.execute(sa.update(HAND).where(HAND.c.id.in_([r.id for r in rows])).values(manual_action_id=action_id))
+        audit.record(ACTOR, "customer_group.wait_overdue", target=f"offboarding:{off.id}", outcome="failure",
+                     reason=f"waiting for the deletion for more than {days} days",
+                     detail={"userid": off.userid, "chat_ids": [r.chat_id for r in rows],
+                             "manual_action_id": action_id, "assignee": assignee}, session=session)  # fmt: skip
 
 
 def _transfer_chunk(client: Any, run: _Run, method: str, chunk: list[Any], step: Step | None) -> None:
@@ -650,6 +800,7 @@ def _transfer_chunk(client: Any, run: _Run, method: str, chunk: list[Any], step:
             "ok": True,
             "transferred": list(answer.transferred),
             "failed": [{"chat_id": f.chat_id, "errcode": f.errcode, "errmsg": f.errmsg[:300]} for f in answer.failed],
+            "unknown": list(answer.unknown),
         }
 
     target = f"f{run.fence}:{method}:{fold(successor)}:{_digest(ids)}"
@@ -667,7 +818,7 @@ def _transfer_chunk(client: Any, run: _Run, method: str, chunk: list[Any], step:
             )  # fmt: skip
         return
     if not value.get("ok"):
-        errcode, errmsg = int(value.get("errcode") or 0), str(value.get("errmsg") or "")
+        errcode, errmsg = _int(value.get("errcode")), str(value.get("errmsg") or "")
         with Session(run.engine) as session, session.begin():
             session.execute(sa.update(HAND).where(HAND.c.id.in_(chunk_ids)).values(attempts=HAND.c.attempts + 1))
             audit.record(ACTOR, f"customer_group.{method}_refused", target=f"offboarding:{off.id}", outcome="failure",
@@ -696,11 +847,18 @@ def _transfer_chunk(client: Any, run: _Run, method: str, chunk: list[Any], step:
             audit.record(ACTOR, f"customer_group.{method}", target=f"customer_group:{chat_id}",
                          reason=f"offboarding #{off.id}", detail={"offboarding_id": off.id, "from": off.userid,
                          "to": successor, "how": run.successor_how}, session=session)  # fmt: skip
+        unknown = [by_id[c] for c in value.get("unknown") or () if c in by_id]
+        if unknown:  # WeCom's answer does not say: the next attempt reads them again (groupchat/get)
+            run.unknown = True
+            session.execute(
+                sa.update(HAND).where(HAND.c.id.in_([r.id for r in unknown]))
+                .values(errmsg="outcome unknown: checked again on the next attempt", updated_at=now)
+            )  # fmt: skip
     failures = []
     for item in value.get("failed") or ():
         r = by_id.get(str(item.get("chat_id")))
         if r is not None:
-            failures.append((r, int(item.get("errcode") or 0), str(item.get("errmsg") or "")))
+            failures.append((r, _int(item.get("errcode")), str(item.get("errmsg") or "")))
     if failures:
         _fail_chats(client, run, method, failures)
 
@@ -836,6 +994,7 @@ def _open_action(
 ) -> int:  # fmt: skip
     from wecom_plugin.services.membership_notices import queue_manual_notice
 
+    _check_ours(session, run)  # no action from a worker that lost its claim, nor for a cancelled offboarding
     action_id = session.execute(
         sa.insert(MANUAL).values(
             kind=kind, group_id=None, chat_ref=chat_ref[:64], userid=run.off.userid, assignee=assignee,
@@ -845,6 +1004,20 @@ def _open_action(
     ).scalar_one()  # fmt: skip
     if assignee:
         queue_manual_notice(session, action_id)
+    else:  # nobody configured to receive it: an alert, so someone is told
+        from wecom_plugin.services.alerts import raise_alert
+
+        raise_alert(
+            f"customer_groups.no_assignee:{run.off.id}",
+            severity="error",
+            title_zh=f"客户群待办 #{action_id} 无人接收：请配置 GENERAL_OFFICE_USERIDS"
+            "（或 GROUP_APPROVERS、ALERT_WECOM_USERIDS）",
+            title_en=f"Customer-group manual action #{action_id} has no assignee: set GENERAL_OFFICE_USERIDS "
+            "(or GROUP_APPROVERS, ALERT_WECOM_USERIDS)",
+            detail={"manual_action_id": action_id, "offboarding_id": run.off.id, "userid": run.off.userid,
+                    "kind": kind},
+            session=session,
+        )  # fmt: skip
     return action_id
 
 
@@ -866,7 +1039,8 @@ def _names(client: Any, rows: list[Any]) -> dict[str, str]:
 
 
 def _resolve_manual_actions(session: Session, offboarding_id: int) -> None:
-    """A manual action whose groups were all handed over after all (retried after the deletion) is done."""
+    """A manual action whose groups were all handed over after all (retried after the deletion) or
+    cancelled (a rehire while they waited) is done."""
     rows = session.execute(
         sa.select(HAND.c.manual_action_id, HAND.c.state).where(
             HAND.c.offboarding_id == offboarding_id, HAND.c.manual_action_id.is_not(None)
@@ -876,7 +1050,7 @@ def _resolve_manual_actions(session: Session, offboarding_id: int) -> None:
     for action_id, state in rows:
         by_action.setdefault(int(action_id), set()).add(state)
     for action_id, states in by_action.items():
-        if states == {"done"}:
+        if states <= {"done", "cancelled"}:
             done = session.execute(
                 sa.update(MANUAL)
                 .where(MANUAL.c.id == action_id, MANUAL.c.state == "open")
@@ -884,7 +1058,8 @@ def _resolve_manual_actions(session: Session, offboarding_id: int) -> None:
             ).rowcount
             if done:
                 audit.record(ACTOR, "manual_action.resolved", target=f"manual_action:{action_id}",
-                             reason="every customer group of it was handed over", session=session)  # fmt: skip
+                             reason="every customer group of it was handed over or cancelled",
+                             session=session)  # fmt: skip
 
 
 def _finish(session: Session, r: Any, state: str, errcode: int | None, errmsg: str | None, **values: Any) -> None:
@@ -904,6 +1079,7 @@ def _cancel_rows(session: Session, off: Any) -> int:
         .values(state="cancelled", errmsg=f"offboarding #{off.id} cancelled", updated_at=utcnow())
     ).rowcount
     if n:
+        _resolve_manual_actions(session, off.id)
         audit.record(ACTOR, "customer_group.cancelled", target=f"offboarding:{off.id}", outcome="noop",
                      reason="the offboarding was cancelled", detail={"userid": off.userid, "rows": n},
                      session=session)  # fmt: skip
@@ -927,59 +1103,130 @@ def _scan_state(engine: sa.Engine, offboarding_id: int) -> Any | None:
         return conn.execute(sa.select(SCAN).where(SCAN.c.offboarding_id == offboarding_id)).first()
 
 
-# --- the claim (one worker per offboarding) ------------------------------------------------------------
-def _claim(engine: sa.Engine, offboarding_id: int) -> str | None:
+# --- the claim (one worker per leaver) ----------------------------------------------------------------
+# The claim lives on the leaver's first ``customer_group_scan`` row (the lowest offboarding id of the same
+# folded userid), so two offboardings of one person (a rehire and a second departure) never hand the
+# same groups over at once. ``offboarding.cancel`` takes the same row (:func:`cancel_blocker`).
+def _lock_id(conn: Session | sa.Connection, off: Any) -> int:
+    found = conn.execute(
+        sa.select(sa.func.min(SCAN.c.offboarding_id))
+        .join(OFF, OFF.c.id == SCAN.c.offboarding_id)
+        .where(OFF.c.userid_folded == off.userid_folded)
+    ).scalar()
+    return int(found) if found is not None else int(off.id)
+
+
+def _claim(engine: sa.Engine, off: Any) -> tuple[str, int] | None:
     fence = secrets.token_hex(16)
     now = utcnow()
     with engine.begin() as conn:
+        lock_id = _lock_id(conn, off)
         taken = conn.execute(
             sa.update(SCAN)
             .where(
-                SCAN.c.offboarding_id == offboarding_id,
+                SCAN.c.offboarding_id == lock_id,
                 sa.or_(SCAN.c.lease_until.is_(None), SCAN.c.lease_until < now),
             )
             .values(fence=fence, lease_until=now + timedelta(seconds=LEASE_SECONDS))
         ).rowcount
-    return fence if taken == 1 else None
+    return (fence, lock_id) if taken == 1 else None
 
 
-def _renew(run: _Run) -> None:
+def _renew(run: _Run, *, force: bool = True) -> None:
+    """Extend the claim (at most every RENEW_EVERY seconds unless ``force``). Raises HandoverBusy when
+    it was lost, _Cancelled when the offboarding was cancelled meanwhile."""
+    if not force and time.monotonic() - run.renewed < RENEW_EVERY:
+        return
     with run.engine.begin() as conn:
         ours = conn.execute(
             sa.update(SCAN)
-            .where(SCAN.c.offboarding_id == run.off.id, SCAN.c.fence == run.fence)
+            .where(SCAN.c.offboarding_id == run.lock_id, SCAN.c.fence == run.fence)
             .values(lease_until=utcnow() + timedelta(seconds=LEASE_SECONDS))
         ).rowcount
+        state = conn.execute(sa.select(OFF.c.state).where(OFF.c.id == run.off.id)).scalar()
     if ours != 1:
         raise HandoverBusy(f"offboarding #{run.off.id}: the claim on its customer groups was lost", 2.0)
+    run.renewed = time.monotonic()
+    if state == "cancelled":
+        raise _Cancelled(run.off.id)
 
 
-def _release(engine: sa.Engine, offboarding_id: int, fence: str) -> None:
+def _check_ours(session: Session, run: _Run) -> None:
+    """In the caller's transaction: the claim is still ours and the offboarding not cancelled."""
+    query = sa.select(SCAN.c.fence).where(SCAN.c.offboarding_id == run.lock_id)
+    fence = session.execute(query.with_for_update() if _pg(session) else query).scalar()
+    if fence != run.fence:
+        raise HandoverBusy(f"offboarding #{run.off.id}: the claim on its customer groups was lost", 2.0)
+    if session.execute(sa.select(OFF.c.state).where(OFF.c.id == run.off.id)).scalar() == "cancelled":
+        raise _Cancelled(run.off.id)
+
+
+def _release(engine: sa.Engine, lock_id: int, fence: str) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(
                 sa.update(SCAN)
-                .where(SCAN.c.offboarding_id == offboarding_id, SCAN.c.fence == fence)
+                .where(SCAN.c.offboarding_id == lock_id, SCAN.c.fence == fence)
                 .values(fence=None, lease_until=None)
             )
     except Exception:  # noqa: BLE001 - it expires anyway
-        log.exception("offboarding %s: releasing the customer-group claim failed", offboarding_id)
+        log.exception("customer-group claim %s: releasing it failed", lock_id)
+
+
+def cancel_blocker(session: Session, off: Any) -> str | None:
+    """For ``offboarding.cancel`` (in its transaction): ``executed`` when a customer group of the
+    offboarding was transferred by us, failed or handed to a person; ``executing`` while a worker holds
+    the leaver's claim. Otherwise None, and the claim row is taken for the transaction (any expired
+    claim cleared), so no worker can send between this check and the commit; a worker that claims
+    afterwards finds the offboarding cancelled before any call."""
+    executed = session.execute(
+        sa.select(sa.func.count()).where(
+            HAND.c.offboarding_id == off.id,
+            sa.or_(HAND.c.state.in_(PROBLEM_ROW_STATES), sa.and_(HAND.c.state == "done", HAND.c.attempts > 0)),
+        )
+    ).scalar_one()
+    if executed:
+        return "executed"
+    lock_id = _lock_id(session, off)
+    exists = session.execute(sa.select(SCAN.c.offboarding_id).where(SCAN.c.offboarding_id == lock_id)).first()
+    if exists is None:
+        return None
+    free = session.execute(
+        sa.update(SCAN)
+        .where(
+            SCAN.c.offboarding_id == lock_id,
+            sa.or_(SCAN.c.lease_until.is_(None), SCAN.c.lease_until < utcnow()),
+        )
+        .values(fence=None, lease_until=None)
+    ).rowcount
+    return None if free == 1 else "executing"
 
 
 # --- the minute sweep ----------------------------------------------------------------------------------
 def sweep(app: Any) -> dict[str, Any]:
     """Queue the handover of offboardings that need it: a deletion arrived for a leaver whose groups wait
     (or whose on-the-job transfer WeCom refused in a way ``transfer`` may not), listings not done after
-    two minutes, pending groups with no job queued while the switches allow changes, and open rows of
-    cancelled offboardings (a rehire: they become cancelled, nothing moves)."""
+    two minutes, pending groups with no job queued while the switches allow changes, groups waiting
+    longer than CUSTOMER_GROUP_WAIT_DAYS with nobody told yet, and open rows of cancelled offboardings (a
+    rehire: they become cancelled, nothing moves). Offboardings whose listing failed are retried at most
+    hourly (their open rows normally became a manual action already)."""
     from wecom_plugin.services.governance_switches import effective
 
     settings = app.extensions["wecom_settings"]
     if settings.customer_group_handover == "off":
         return {"queued": 0, "off": True}
     engine = _engine(app)
-    stale = utcnow() - REQUEUE_AFTER
+    now = utcnow()
+    stale = now - REQUEUE_AFTER
     with Session(engine) as session, session.begin():
+        may_change = effective(session, settings.governance_mode).may_change_chats
+        backed_off = set(
+            session.execute(
+                sa.select(SCAN.c.offboarding_id).where(
+                    SCAN.c.state == "failed", SCAN.c.updated_at >= now - FAILED_LISTING_RETRY
+                )
+            ).scalars()
+        )  # a failed listing: not every minute
         retry = sa.or_(
             HAND.c.state == "waiting",
             sa.and_(HAND.c.state == "failed", HAND.c.method == "onjob_transfer", HAND.c.errcode.in_(RETRY_ON_DELETION)),
@@ -999,7 +1246,8 @@ def sweep(app: Any) -> dict[str, Any]:
             ).scalars()
         )
         pending: set[int] = set()
-        if effective(session, settings.governance_mode).may_change_chats:
+        overdue: set[int] = set()
+        if may_change:
             pending = set(
                 session.execute(
                     sa.select(HAND.c.offboarding_id)
@@ -1007,6 +1255,18 @@ def sweep(app: Any) -> dict[str, Any]:
                     .distinct()
                 ).scalars()
             )
+            overdue = set(
+                session.execute(
+                    sa.select(HAND.c.offboarding_id)
+                    .join(OFF, OFF.c.id == HAND.c.offboarding_id)
+                    .where(
+                        HAND.c.state == "waiting", HAND.c.method != "member", HAND.c.manual_action_id.is_(None),
+                        HAND.c.created_at < now - timedelta(days=settings.customer_group_wait_days),
+                        OFF.c.state != "cancelled",
+                    )
+                    .distinct()
+                ).scalars()
+            )  # fmt: skip
         cancelled = set(
             session.execute(
                 sa.select(HAND.c.offboarding_id)
@@ -1015,15 +1275,17 @@ def sweep(app: Any) -> dict[str, Any]:
                 .distinct()
             ).scalars()
         )  # a rehire or a cancellation: the job marks the rows cancelled
-        deleted -= cancelled
+        deleted -= cancelled | backed_off
+        pending -= backed_off
+        overdue -= backed_off
         queued = 0
         for off_id in sorted(deleted):
             queued += _enqueue(session, off_id)
-        for off_id in sorted((unlisted | pending | cancelled) - deleted):
+        for off_id in sorted((unlisted | pending | overdue | cancelled) - deleted):
             queued += _enqueue(session, off_id, unless_running=True)
     return {"queued": queued, "deleted": len(deleted), "unlisted": len(unlisted), "pending": len(pending),
-            "cancelled": len(cancelled)}  # fmt: skip
+            "overdue": len(overdue), "cancelled": len(cancelled), "backed_off": len(backed_off)}  # fmt: skip
 
 
-__all__ = ["HandoverBusy", "HandoverOutcomeUnknown", "handover", "progress", "schedule", "successor_for", "sweep",
-           "view"]  # fmt: skip
+__all__ = ["HandoverBusy", "HandoverOutcomeUnknown", "cancel_blocker", "handover", "progress", "schedule",
+           "successor_for", "sweep", "view"]  # fmt: skip

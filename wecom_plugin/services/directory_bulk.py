@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 # Constant SQL only: no value is ever formatted into these strings.
 _PERSON_COLUMNS = (
     "userid, userid_folded, name, departments, main_department, position, is_leader_in_dept, direct_leaders, "
-    "status, fingerprint"
+    "status, employee_id, fingerprint"
 )
-_STAGE_INSERT = f"INSERT INTO temp.person_stage ({_PERSON_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_STAGE_INSERT = f"INSERT INTO temp.person_stage ({_PERSON_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 _STAGE_COPY = f"COPY person_stage ({_PERSON_COLUMNS}) FROM STDIN"
 
 
@@ -76,6 +76,7 @@ def _stage_row(rec: MemberRecord) -> tuple:
         orjson.dumps(rec.is_leader_in_dept).decode(),
         orjson.dumps(rec.direct_leaders).decode(),
         rec.status,
+        rec.employee_id,
         rec.fingerprint(),
     )
 
@@ -95,7 +96,7 @@ def _postgresql(conn: sa.Connection, rows: list[tuple], origin: Origin, now: dat
     conn.exec_driver_sql(
         "CREATE TEMP TABLE IF NOT EXISTS person_stage (userid text, userid_folded text, name text, "
         "departments jsonb, main_department bigint, position text, is_leader_in_dept jsonb, "
-        "direct_leaders jsonb, status smallint, fingerprint text) ON COMMIT DELETE ROWS"
+        "direct_leaders jsonb, status smallint, employee_id text, fingerprint text) ON COMMIT DELETE ROWS"
     )
     conn.exec_driver_sql("TRUNCATE person_stage")
     driver = conn.connection.driver_connection
@@ -111,7 +112,7 @@ def _sqlite(conn: sa.Connection, rows: list[tuple], origin: Origin, now: datetim
     conn.exec_driver_sql(
         "CREATE TEMP TABLE IF NOT EXISTS person_stage (userid TEXT, userid_folded TEXT, name TEXT, "
         "departments TEXT, main_department INTEGER, position TEXT, is_leader_in_dept TEXT, "
-        "direct_leaders TEXT, status INTEGER, fingerprint TEXT)"
+        "direct_leaders TEXT, status INTEGER, employee_id TEXT, fingerprint TEXT)"
     )
     conn.exec_driver_sql("DELETE FROM temp.person_stage")
     conn.exec_driver_sql(_STAGE_INSERT, rows)

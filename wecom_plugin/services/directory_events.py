@@ -64,6 +64,11 @@ def _client() -> Any:
     return client_for(current_app._get_current_object())  # noqa: SLF001 - the app object, not the proxy
 
 
+def _employee_field() -> str:
+    """EMPLOYEE_ID_FIELD: the directory field holding members' 工号 (empty: off)."""
+    return current_app.extensions["wecom_settings"].employee_id_field
+
+
 def _read(session: Session, call: Any, *args: Any) -> tuple[Any, WeComError | None]:
     """End the transaction, then call WeCom. Setup errors (60020, 48009...) raise an alert and re-raise."""
     session.commit()
@@ -147,7 +152,9 @@ def _refresh_member(session: Session, userid: str, origin: Origin, why: str, *, 
             continue  # someone wrote while we asked: read again
         if error is None:
             try:
-                rec = MemberRecord.from_api(answer, person.status if person is not None else rules.ACTIVE)
+                rec = MemberRecord.from_api(
+                    answer, person.status if person is not None else rules.ACTIVE, _employee_field()
+                )
             except ValueError:
                 log.warning("user/get answered without a userid; ignored")
                 return

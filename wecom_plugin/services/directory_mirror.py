@@ -29,6 +29,7 @@ from wecom_plugin.models.directory import (
     Tag,
     TagMember,
 )
+from wecom_plugin.models.employee_numbers import EmployeeNumber
 from wecom_plugin.runtime.queue import enqueue
 from wecom_plugin.services import directory_bulk
 
@@ -38,6 +39,7 @@ TAG = Tag.__table__
 TAG_MEMBER = TagMember.__table__
 CHANGE = DirectoryChange.__table__
 OUTBOX = DirectoryOutbox.__table__
+EMPLOYEE_NUMBER = EmployeeNumber.__table__
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def record_of(row: Any) -> MemberRecord:
         is_leader_in_dept=tuple(row.is_leader_in_dept or ()),
         direct_leaders=tuple(row.direct_leaders or ()),
         status=row.status,
+        employee_id=row.employee_id,
     )
 
 
@@ -390,8 +393,9 @@ def mark_tag_deleted(conn: sa.Connection, tag_id: int, origin: Origin) -> bool:
 # --- retention (PIPL) -----------------------------------------------------------------------------------
 def minimise_departed(conn: sa.Connection, before: datetime, *, limit: int = 1000) -> int:
     """Strip the personal data of people who left before ``before``: name, position, departments,
-    leaders and the userid itself (replaced by ``departed-<id>``). Their history keeps ids, kinds
-    and dates; its field values are removed. Returns how many people were minimised."""
+    leaders, employee number (and their rows of the imported 工号 table) and the userid itself
+    (replaced by ``departed-<id>``). Their history keeps ids, kinds and dates; its field values are
+    removed. Returns how many people were minimised."""
     ids = list(
         conn.execute(
             sa.select(PERSON.c.id)
@@ -416,6 +420,7 @@ def minimise_departed(conn: sa.Connection, before: datetime, *, limit: int = 100
                 main_department=None,
                 is_leader_in_dept=[],
                 direct_leaders=[],
+                employee_id=None,
                 fingerprint="",
                 minimised_at=now,
                 updated_at=now,
@@ -423,6 +428,7 @@ def minimise_departed(conn: sa.Connection, before: datetime, *, limit: int = 100
         )
     _strip_history(conn, ids)
     conn.execute(sa.delete(TAG_MEMBER).where(TAG_MEMBER.c.person_id.in_(ids)))
+    conn.execute(sa.delete(EMPLOYEE_NUMBER).where(EMPLOYEE_NUMBER.c.person_id.in_(ids)))
     conn.execute(
         sa.insert(CHANGE),
         [

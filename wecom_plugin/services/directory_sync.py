@@ -216,8 +216,10 @@ class FullSync:
         contact_client: Callable[[], Any] | None = None,
         confirmed_sync: int | None = None,
         include_tags: bool = True,
+        employee_field: str = "",
     ) -> None:
         self.engine = engine
+        self.employee_field = employee_field  # EMPLOYEE_ID_FIELD: where members' 工号 is
         self.include_tags = include_tags
         self.reader = reader
         self.dry_run = dry_run
@@ -443,11 +445,11 @@ class FullSync:
                 seen.add(folded)
                 known = index.members.get(folded)
                 if known is None:
-                    newcomers[folded] = MemberRecord.from_api(row)
+                    newcomers[folded] = MemberRecord.from_api(row, rules.ACTIVE, self.employee_field)
                     continue
-                if rules.row_fingerprint(row, known[2]) == known[1]:
+                if rules.row_fingerprint(row, known[2], self.employee_field) == known[1]:
                     continue  # unchanged, the usual case: no record built
-                rec = MemberRecord.from_api(row, known[2])
+                rec = MemberRecord.from_api(row, known[2], self.employee_field)
                 entry = (rec, known[0], known[1])
                 if rec.status in rules.GONE and known[2] not in rules.GONE:
                     leaving.append(entry)
@@ -612,7 +614,7 @@ class FullSync:
 
     def _apply_member_answer(self, answer: dict[str, Any], row: Any, expected: str) -> None:
         try:
-            rec = MemberRecord.from_api(answer, row.status)
+            rec = MemberRecord.from_api(answer, row.status, self.employee_field)
         except ValueError:
             return
         if self.dry_run:
@@ -768,6 +770,7 @@ def run_sync(
             contact_client=contact,
             confirmed_sync=confirmed_sync,
             include_tags=include_tags,
+            employee_field=settings.employee_id_field,
         ).run()
     finally:
         reader.close()

@@ -629,6 +629,24 @@ def cancel(session: Session, offboarding_id: int, actor: str, reason: str | None
         raise OffboardingError(
             f"offboarding #{off_id} has already been executed ({off.state}); it cannot be cancelled", 409, "executed"
         )
+    # Customer groups (客户群): too late once one was transferred or handed to a person; refused while
+    # a handover worker holds the leaver's claim (taken here otherwise, until the commit).
+    from wecom_plugin.services import customer_groups
+
+    blocker = customer_groups.cancel_blocker(session, off)
+    if blocker == "executed":
+        raise OffboardingError(
+            f"offboarding #{off_id}: customer groups have already been handed over; it cannot be cancelled",
+            409,
+            "executed",
+        )
+    if blocker == "executing":
+        raise OffboardingError(
+            f"offboarding #{off_id} is in progress (its customer groups are being handed over); it cannot be "
+            "cancelled now",
+            409,
+            "executing",
+        )
     pending = [r for r in _rows(session, off_id) if r.state == "pending"]
     running = _running_applies(session, sorted({r.group_id for r in pending}))
     if running:

@@ -1,11 +1,14 @@
 """Machine API for offboarding (离职处理), for the HR system.
 
-* ``POST /api/v1/offboardings`` (scope ``offboarding:write``): a JSON object with ``userid``,
-  optional ``effective_at`` (ISO 8601 with a UTC offset; later than now → scheduled), ``reason``
-  and ``requested_by``. 201 with the offboarding when it was started, 200 when an open one of the
-  person answered. ``Idempotency-Key`` header: the same key with the same body answers the same
-  (status and offboarding); with another body 422. ``employee_id`` is refused (400): the directory
-  mirror keeps no employee number and no mapping table is configured.
+* ``POST /api/v1/offboardings`` (scope ``offboarding:write``): a JSON object with ``userid`` or
+  ``employee_id`` (工号), optional ``effective_at`` (ISO 8601 with a UTC offset; later than now →
+  scheduled), ``reason`` and ``requested_by``. 201 with the offboarding when it was started, 200
+  when an open one of the person answered. ``Idempotency-Key`` header: the same key with the same
+  body answers the same (status and offboarding); with another body 422. The person: ``userid``
+  when given; else ``employee_id`` through the imported table, then the directory field
+  EMPLOYEE_ID_FIELD (services/employee_numbers.py): unknown 404 ``unknown_person``, on several
+  members 409 ``ambiguous_employee_id``. Both given and the number names someone else: 400
+  ``employee_id_mismatch``. The key used is recorded in the offboarding's ``detail.resolved_by``.
 * ``DELETE /api/v1/offboardings/<id>`` (scope ``offboarding:write``): cancel before execution;
   409 once any chat was changed (or is being changed).
 * ``GET /api/v1/offboardings/<id>`` (scope ``offboarding:read``): progress and outcome per chat.
@@ -18,9 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from flask import g, jsonify, request
 
+from wecom_plugin.domain.directory import fold
 from wecom_plugin.extensions import db
+from wecom_plugin.models.groups import Offboarding
 from wecom_plugin.web.api import bp
 from wecom_plugin.web.api_auth import require_api_client
 from wecom_plugin.web.json_body import BodyError, json_object
@@ -59,16 +65,14 @@ def start_offboarding():
     unknown = [k for k in body if k not in FIELDS]
     if unknown:
         return _error(400, "invalid", f"未知字段：{', '.join(unknown)}", f"unknown field(s): {', '.join(unknown)}")
-    if body.get("employee_id") not in (None, "") and not body.get("userid"):
-        return _error(
-            400, "employee_id_unsupported",
-            "不支持按工号处理：通讯录镜像不保存工号，也未配置工号对照表；请提供 userid",
-            "employee_id is not supported: the directory mirror keeps no employee number and no mapping "
-            "table is configured; send userid",
-        )  # fmt: skip
     userid = body.get("userid")
-    if not isinstance(userid, str) or not userid.strip():
-        return _error(400, "invalid", "缺少 userid", "userid is required (a string)")
+    if userid is not None and not isinstance(userid, str):
+        return _error(400, "invalid", "userid 应为字符串", "userid must be a string")
+    employee_id = body.get("employee_id")
+    if employee_id is not None and not isinstance(employee_id, str):
+        return _error(400, "invalid", "employee_id（工号）应为字符串", "employee_id must be a string")
+    if not (userid or "").strip() and not (employee_id or "").strip():
+        return _error(400, "invalid", "缺少 userid 或 employee_id（工号）", "userid or employee_id is required")
     for name in ("reason", "requested_by"):
         if body.get(name) is not None and not isinstance(body[name], str):
             return _error(400, "invalid", f"{name} 应为字符串", f"{name} must be a string")
@@ -86,6 +90,9 @@ def start_offboarding():
             "Idempotency-Key 应为 1–255 个可打印字符",
             "Idempotency-Key must be 1 to 255 printable characters",
         )
+    resolved_by, refusal = _resolve_person((userid or "").strip(), (employee_id or "").strip())
+    if refusal is not None:
+        return refusal
     caller = g.api_client
     requested_by = f"api:{caller.client_name}"
     if body.get("requested_by"):
@@ -93,7 +100,7 @@ def start_offboarding():
     try:
         started = service.start_offboarding(
             db.session,
-            userid=userid.strip(),
+            userid=resolved_by["userid"],
             source="hr",
             effective_at=effective_at,
             client_id=caller.client_id,
@@ -105,6 +112,8 @@ def start_offboarding():
     except service.OffboardingError as exc:
         return _refused(exc)
     assert started.offboarding_id is not None
+    if not started.replay:
+        _record_key(started.offboarding_id, started.created, resolved_by)
     view = service.view(db.session, started.offboarding_id)
     db.session.commit()
     response = jsonify(view)
@@ -113,6 +122,55 @@ def start_offboarding():
     if started.replay:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _resolve_person(userid: str, employee_id: str) -> tuple[dict[str, Any], Any]:
+    """(which key names the person, None) or (_, the 4xx answer). ``userid`` wins; ``employee_id``
+    (工号) goes through the imported table, then the directory field; both given must agree."""
+    from flask import current_app
+
+    from wecom_plugin.services import employee_numbers
+
+    if not employee_id:
+        return {"key": "userid", "userid": userid}, None
+    field = current_app.extensions["wecom_settings"].employee_id_field
+    try:
+        found = employee_numbers.resolve(db.session, employee_id, field)
+    except employee_numbers.Unresolved as exc:
+        if userid:  # the userid decides; a number nobody is known by does not contradict it
+            return {"key": "userid", "userid": userid, "employee_id": employee_id, "employee_id_resolved": False}, None
+        db.session.rollback()
+        where = f"、通讯录字段 {field}" if field else "；未配置 EMPLOYEE_ID_FIELD"
+        zh = f"未找到工号为 {employee_id} 的人员（已导入的工号对照表{where}）"
+        if exc.status != 404:
+            zh = f"工号 {employee_id} 对应多名成员，请提供 userid"
+        return {}, _error(exc.status, exc.code, zh, str(exc))
+    if userid and fold(userid) != fold(found.userid):
+        db.session.rollback()
+        return {}, _error(
+            400, "employee_id_mismatch",
+            f"userid {userid} 与工号 {employee_id} 不是同一人（工号对应 {found.userid}）",
+            f"userid {userid!r} and employee_id {employee_id!r} name different people "
+            f"(the employee number is {found.userid!r}'s, by {found.via})",
+        )  # fmt: skip
+    key = "userid" if userid else "employee_id"
+    return {"key": key, "userid": userid or found.userid, "employee_id": found.employee_id, "via": found.via}, None
+
+
+def _record_key(offboarding_id: int, created: bool, resolved_by: dict[str, Any]) -> None:
+    """Keep which key named the person: ``detail.resolved_by`` of a new offboarding, else on the
+    trigger this request added to an existing one."""
+    table = Offboarding.__table__
+    detail = dict(db.session.execute(sa.select(table.c.detail).where(table.c.id == offboarding_id)).scalar() or {})
+    triggers = list(detail.get("triggers") or [])
+    if created:
+        detail["resolved_by"] = resolved_by
+    elif triggers:
+        triggers[-1] = {**triggers[-1], "resolved_by": resolved_by}
+        detail["triggers"] = triggers
+    else:
+        return
+    db.session.execute(sa.update(table).where(table.c.id == offboarding_id).values(detail=detail))
 
 
 @bp.delete("/offboardings/<int:offboarding_id>")

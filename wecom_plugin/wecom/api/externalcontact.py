@@ -93,10 +93,13 @@ class TransferResult:
 
     transferred: tuple[str, ...]
     failed: tuple[FailedChat, ...]
+    #: Chats the answer does not settle (a ``failed_chat_list`` entry that is not an object, has no
+    #: numeric errcode or says errcode 0): read them again (``groupchat/get``) before counting them moved.
+    unknown: tuple[str, ...] = ()
 
     @property
     def all_transferred(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.unknown
 
 
 def transfer(client: WeComClient, chat_ids: Sequence[str], new_owner: str) -> TransferResult:
@@ -126,10 +129,24 @@ def _transfer(client: WeComClient, path: str, chat_ids: Sequence[str], new_owner
     if not 1 <= len(ids) <= TRANSFER_MAX_CHATS:
         raise ValueError(f"a transfer moves 1-{TRANSFER_MAX_CHATS} chats")
     data = client.post(path, {"chat_id_list": ids, "new_owner": new_owner})
-    failed = tuple(
-        FailedChat(str(item.get("chat_id", "")), int(item.get("errcode") or 0), str(item.get("errmsg") or ""))
-        for item in data.get("failed_chat_list") or ()
-        if isinstance(item, dict)
-    )
+    failed: list[FailedChat] = []
+    unknown: set[str] = set()
+    unreadable = False  # an entry naming no chat: no chat of the call counts as moved
+    for item in data.get("failed_chat_list") or ():
+        chat_id = str(item.get("chat_id") or "") if isinstance(item, dict) else ""
+        if not chat_id:
+            unreadable = True
+            continue
+        try:
+            errcode = int(item.get("errcode"))
+        except (TypeError, ValueError):
+            errcode = 0
+        if errcode == 0:  # not a failure WeCom explains: check the chat again
+            unknown.add(chat_id)
+            continue
+        failed.append(FailedChat(chat_id, errcode, str(item.get("errmsg") or "")))
     failed_ids = {f.chat_id for f in failed}
-    return TransferResult(tuple(c for c in ids if c not in failed_ids), failed)
+    if unreadable:
+        unknown.update(c for c in ids if c not in failed_ids)
+    moved = tuple(c for c in ids if c not in failed_ids and c not in unknown)
+    return TransferResult(moved, tuple(failed), tuple(c for c in ids if c in unknown and c not in failed_ids))

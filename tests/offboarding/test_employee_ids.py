@@ -149,6 +149,7 @@ def test_the_hr_api_offboards_by_employee_number_through_the_table(tenant_app, e
     started = post(tenant_app, headers, {"employee_id": " HR-7 ", "reason": "离职"})
     assert started.status_code == 201, started.get_json()
     assert started.get_json()["userid"] == leaver
+    assert started.get_json()["resolved_by"]["via"] == "mapping"  # shown to HR too
     [off] = rows(tenant_app, Offboarding)
     assert off.detail["resolved_by"] == {
         "key": "employee_id",

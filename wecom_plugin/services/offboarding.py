@@ -937,6 +937,7 @@ def view(session: Session, offboarding_id: int) -> dict[str, Any]:
     return {
         "id": off.id, "userid": off.userid, "state": off.state, "source": off.source,
         "requested_by": off.requested_by, "reason": detail.get("reason") or None,
+        "resolved_by": detail.get("resolved_by"),  # userid, or the 工号 table / directory field
         "effective_at": iso(off.effective_at), "created_at": iso(off.created_at),
         "finished_at": iso(off.finished_at), "cancelled_at": iso(off.cancelled_at),
         "counts": {k: v for k, v in counts.items() if v}, "chats": chats,

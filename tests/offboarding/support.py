@@ -76,3 +76,54 @@ def key(app, name: str, scopes=("offboarding:write", "offboarding:read")) -> dic
         )
         db.session.commit()
     return {"Authorization": f"Bearer {key_id}.{secret}", "Content-Type": "application/json"}
+
+
+# --- the trigger and model tests (test_triggers.py, test_stateful.py) ------------------------------
+def wecom_removes_leavers(emulator, removes: bool) -> None:
+    """The two readings of contract §14.8: WeCom takes deleted (and disabled) members out of app
+    chats itself (``remove``), or leaves them listed (``keep``)."""
+    policy = "remove" if removes else "keep"
+    emulator.flags(on_member_delete=policy, disabled_member_in_chat=policy)
+
+
+def update_count(emulator, chatid: str) -> int:
+    """``appchat/update`` calls the sandbox tenant received for ``chatid`` (its request log)."""
+    return len(updates(emulator, chatid))
+
+
+def make_due(app, *names: str) -> int:
+    """Time passes: ready jobs of ``names`` (all when none given) fall due now."""
+    from datetime import UTC, datetime
+
+    with app.app_context():
+        query = sa.update(Job).where(Job.state == ClaimState.READY)
+        if names:
+            query = query.where(Job.name.in_(names))
+        moved = db.session.execute(query.values(due_at=datetime(2000, 1, 1, tzinfo=UTC))).rowcount
+        db.session.commit()
+    return moved
+
+
+def fire_schedule(app, key: str) -> int:
+    """The clock's next occurrence of the code schedule ``key`` has come: one real clock tick with
+    that schedule due (and only it). Returns the jobs the clock enqueued."""
+    from wecom_plugin.jobs.clock import Clock, sync_code_schedules
+    from wecom_plugin.models import Schedule
+    from wecom_plugin.models.dbtime import sql_now
+
+    settings = app.extensions["wecom_settings"]
+    with app.app_context():
+        sync_code_schedules(db.session, settings)
+        db.session.execute(sa.update(Schedule).where(Schedule.origin == "code").values(next_run_at=sql_now(3600)))
+        db.session.execute(sa.update(Schedule).where(Schedule.key == key).values(next_run_at=sql_now(-1)))
+        db.session.commit()
+    return Clock(app).tick()
+
+
+def schedule_interval(app, key: str) -> int:
+    """Seconds between occurrences of the code schedule ``key`` (its interval spec)."""
+    from wecom_plugin.jobs.clock import periodic_definitions
+
+    [found] = [d for d in periodic_definitions(app.extensions["wecom_settings"]) if d.key == key]
+    assert found.spec["kind"] == "interval", found.spec
+    return int(found.spec["seconds"])

@@ -206,12 +206,6 @@ def test_hr_api_callbacks_and_reconciliation_five_times_each_remove_once_per_cha
     assert {c["state"] for c in view["chats"]} == ({"skipped"} if wecom_removes else {"applied"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when WeCom already removed a departed owner, the offboarding skips the chat and "
-    "never sets an explicit owner: WeCom's stale owner (owner_succession=none) or arbitrary successor "
-    "stays, and the registry keeps the leaver as owner until the next daily check",
-)
 @pytest.mark.parametrize("succession", ["none", "earliest"])
 def test_a_departed_owner_wecom_already_removed_is_rehomed_to_the_admin(live_app, live, emulator, succession):
     """Contract §14.8: after a delete, WeCom may leave the chat's owner stale or pick any member;

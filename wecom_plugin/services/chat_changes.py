@@ -141,6 +141,8 @@ class _Apply:
     notes: list[str] = field(default_factory=list)
     fence: str = ""  # the claim's fence (a random value, not a secret)
     held: set[int] = field(default_factory=set)  # row ids left pending on purpose (untrusted mirror)
+    # A leaving owner WeCom already took out of the chat (§14.8): the chat still needs its owner re-homed.
+    owner_gone: str = ""
 
 
 def apply_chat(
@@ -234,7 +236,7 @@ def _apply_claimed(
         _settle(engine, work)
         _reevaluate(engine, settings, work)
         live = [r for r in work.rows if r.id not in work.outcomes and r.id not in work.held]
-        if not live:
+        if not live and not work.owner_gone:
             _record(app, engine, work)
             return {**result, **_summary(work), "state": "settled"}
         plan = _Call.build(engine, settings, work, live)
@@ -443,6 +445,10 @@ def _settle(engine: sa.Engine, work: _Apply) -> None:
         if row.action == "remove":
             if folded not in work.current:
                 work.outcomes[row.id] = _Outcome("skipped", None, "not in the chat any more")
+                if folded in (fold(work.chat_owner or ""), fold(work.group.owner or "")):
+                    # WeCom removed a deleted owner itself and kept them as owner, or handed the chat to
+                    # whoever it chose (§14.8): ours to re-home (admin first), as for a removal.
+                    work.owner_gone = folded
             elif (
                 row.reason in REHIRE_REASONS
                 and status == ACTIVE
@@ -529,7 +535,18 @@ class _Call:
         owner = owner_row.userid if owner_row is not None else None
         removing = {r.userid_folded for r in dels}
         chat_owner = fold(work.chat_owner) if work.chat_owner else ""
-        if owner is None and chat_owner and chat_owner in removing:
+        if owner is None and work.owner_gone:
+            # The owner to re-home though the leaver is out already. Nobody may take over: a manual
+            # action; WeCom's own pick is the one ours would make: no owner change, the registry follows.
+            owner = _choose_owner(engine, settings, work, dels, adds)
+            if owner is None:
+                _owner_needed(engine, work)
+                work.notes.append("owner_needed: the leaving owner is out; nobody can take over")
+            elif fold(owner) == chat_owner:
+                work.chosen_owner, owner = owner, None
+            else:
+                work.chosen_owner = owner
+        elif owner is None and chat_owner and chat_owner in removing:
             owner = _choose_owner(engine, settings, work, dels, adds)
             if owner is None:
                 # No one can take over: the owner stays, the rest goes ahead.
@@ -812,6 +829,9 @@ def _record(app: Any, engine: sa.Engine, work: _Apply) -> None:
                          detail={"action": "owner", "userid": work.chosen_owner}, session=session)  # fmt: skip
             if fold(work.group.owner or "") != fold(work.chosen_owner):
                 _registry_owner(session, work.group.id, work.chosen_owner, work.group.owner or "")
+        elif work.owner_gone and work.chosen_owner and fold(work.group.owner or "") != fold(work.chosen_owner):
+            # WeCom had already made our pick the owner: only the registry was behind.
+            _registry_owner(session, work.group.id, work.chosen_owner, work.group.owner or "")
         leavers = {r.userid_folded for r in removed if r.source == "offboarding"}
         if leavers & {fold(a) for a in (work.group.admins or ())}:
             _registry_admins(session, work.group, leavers)

@@ -83,14 +83,12 @@ settings.register_profile(
 )
 NAMES = ["林晓雨", "周敏", "郭子健", "唐雪", "韩冬", "冯佳怡", "许文博", "邓可欣", "曹宇航", "彭丽"]
 DOOMED = "doomed-worker"
-# test_triggers.py::test_a_rehire_the_mirror_has_not_seen_yet_is_not_removed (xfail): the executor
-# trusts the mirror, so a rehire WeCom made but the plugin has not heard of yet is removed. While it
-# stands, removals of people who left and came back are not held against the plugin here.
-KNOWN_STALE_REHIRE_BUG = True
-# test_a_member_the_mirror_has_not_seen_yet_is_not_removed (xfail): the daily check removes a member
-# the mirror does not know yet (a hire or a rename whose callback was lost) as not in the directory.
-# While it stands, chats are made only of people the mirror already shows active.
-KNOWN_UNSEEN_MEMBER_BUG = True
+# Fixed (the executor asks WeCom with user/get before removing someone for having left or for not
+# being in the directory): test_triggers.py::test_a_rehire_the_mirror_has_not_seen_yet_is_not_removed
+# and test_a_member_the_mirror_has_not_seen_yet_is_not_removed. Set a flag back to True only to
+# study a regression with the model's exemption for it.
+KNOWN_STALE_REHIRE_BUG = False
+KNOWN_UNSEEN_MEMBER_BUG = False
 # The jobs quiescence waits for. Not offboarding.settle: an offboarding stays open by design while
 # its customer groups wait for the leaver's deletion, and its settle job looks again 20 times.
 WORK = ("callbacks.dispatch", "offboarding.consume_outbox", "offboarding.run", "groups.apply",
@@ -665,11 +663,6 @@ def test_a_renamed_member_is_not_removed_by_the_daily_check(tenant_app, emulator
     assert updates(emulator, chatid) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the daily check removes an active member the mirror has not seen yet (a hire whose "
-    "create_user callback was lost) as not_in_directory, without asking WeCom (user/get) first",
-)
 def test_a_member_the_mirror_has_not_seen_yet_is_not_removed(tenant_app, emulator):
     """D9's "no active member removed", found by the model: someone is hired and put in a governed
     chat; the plugin has not heard of the hire yet (callback lost; the hourly reconciliation has

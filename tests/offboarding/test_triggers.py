@@ -410,11 +410,6 @@ def test_deleted_and_rehired_under_the_same_id_before_the_worker_runs_sends_no_r
     assert all(o.state in ("cancelled", "duplicate") for o in offboardings(app))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the executor re-checks 'still departed' against the mirror only; a rehire WeCom "
-    "already made but the plugin has not heard of yet (callback late or lost) is removed",
-)
 @pytest.mark.parametrize("kind", ["depart", "disable"])
 def test_a_rehire_the_mirror_has_not_seen_yet_is_not_removed(live_app, live, emulator, kind):
     """reliability.md 4.2: before executing, re-check that the user is still departed. The leaver's

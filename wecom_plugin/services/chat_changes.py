@@ -44,7 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from wecom_plugin.domain.directory import ACTIVE, DISABLED, LEFT, fold
+from wecom_plugin.domain.directory import ACTIVE, DISABLED, LEFT, NOT_ACTIVATED, fold
 from wecom_plugin.domain.membership import RuleError, evaluate, pick_owner
 from wecom_plugin.errors import RetryableError
 from wecom_plugin.models.base import utcnow
@@ -79,6 +79,8 @@ log = logging.getLogger("wecom_plugin.groups")
 
 BAD_MEMBER_CODES = frozenset({codes.USERID_NOT_FOUND, codes.APPCHAT_INVALID_MEMBER_ID, codes.APPCHAT_INVALID_MEMBER})
 REHIRE_REASONS = frozenset({"departed", "disabled", "not_in_directory", "offboarding_cancelled"})
+#: Removals for these reasons are confirmed with WeCom (``user/get``) right before they are made.
+CONFIRM_REASONS = frozenset({"departed", "disabled", "not_in_directory"})
 Step = Callable[[str, Callable[[], Any]], Any]
 LEASE = ChatApplyLease.__table__
 LEASE_SECONDS = 300  # an apply's claim on a chat; renewed before every call
@@ -235,6 +237,7 @@ def _apply_claimed(
             return {**result, **_summary(work), "state": work.notes[-1] if work.notes else "failed"}
         _settle(engine, work)
         _reevaluate(engine, settings, work)
+        _confirm_gone(engine, client, work)
         live = [r for r in work.rows if r.id not in work.outcomes and r.id not in work.held]
         if not live and not work.owner_gone:
             _record(app, engine, work)
@@ -472,6 +475,44 @@ def _settle(engine: sa.Engine, work: _Apply) -> None:
                 work.outcomes[row.id] = _Outcome("cancelled", None, "the new owner is not active")
         else:
             work.outcomes[row.id] = _Outcome("failed", None, f"unknown action {row.action!r}")
+
+
+def _confirm_gone(engine: sa.Engine, client: Any, work: _Apply) -> None:
+    """Ask WeCom before removing someone for having left (reliability 4.2): the mirror may be behind
+    a rehire, an enabling or a hire whose callback came late or never. One ``user/get`` per person
+    removed for ``departed``, ``disabled`` or ``not_in_directory``: active (or not yet activated) in
+    WeCom cancels the removal and asks for a reconciliation soon; 60111, disabled or left confirms it.
+    An answer that says nothing (no privilege to read the member) leaves the mirror's word standing;
+    a transport failure propagates (the apply is retried). HR offboardings are not asked about: HR
+    decides, and only HR cancels them."""
+    from wecom_plugin.wecom.api import user as user_api
+
+    rows = [
+        r for r in work.rows
+        if r.id not in work.outcomes and r.id not in work.held and r.action == "remove"
+        and r.reason in CONFIRM_REASONS
+    ]  # fmt: skip
+    back: list[str] = []
+    for userid in sorted({r.userid for r in rows}, key=fold):
+        try:
+            status = user_api.get(client, userid).get("status")
+        except WeComApiError as exc:
+            if exc.errcode != codes.USERID_NOT_FOUND:
+                log.info(
+                    "group %s: user/get %s answered %s; the mirror's word stands", work.group.id, userid, exc.errcode
+                )
+            continue
+        if status in (ACTIVE, NOT_ACTIVATED):
+            back.append(fold(userid))
+    if not back:
+        return
+    for row in rows:
+        if fold(row.userid) in back:
+            work.outcomes[row.id] = _Outcome("cancelled", None, "active in WeCom (the directory mirror was behind)")
+    from wecom_plugin.services.directory_events import reconcile_soon
+
+    with Session(engine) as session, session.begin():
+        reconcile_soon(session, f"chat {work.group.id}: {len(back)} member(s) active in WeCom, not in the mirror")
 
 
 def _reevaluate(engine: sa.Engine, settings: Any, work: _Apply) -> None:

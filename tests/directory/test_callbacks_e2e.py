@@ -57,7 +57,7 @@ def test_hire_move_rename_disable_and_delete_converge_through_callbacks(live, mi
     assert old_id.casefold() not in after
     assert after[hired.casefold()].status == 1
     kinds = sorted(o.kind for o in mirror.outbox())
-    assert kinds == ["departed", "disabled", "moved"]
+    assert kinds == ["departed", "disabled", "moved", "renamed"]  # the rename: the registry follows it
     # The next reconciliation has nothing left to fix.
     report = run_sync(tenant_app)
     assert report.state == "completed"
@@ -77,7 +77,7 @@ def test_with_every_callback_dropped_reconciliation_converges(live, mirror, emul
     # The unannounced rename is recognised: same person, not a departure plus a hire.
     assert mirror.person("Renamed.Person").id == old[old_id.casefold()].id
     assert report.stats["renamed"] == 1 and report.stats["departed"] == 1
-    assert sorted(o.kind for o in mirror.outbox()) == ["departed", "disabled", "moved"]
+    assert sorted(o.kind for o in mirror.outbox()) == ["departed", "disabled", "moved", "renamed"]
 
 
 @pytest.mark.parametrize("fault", [{"action": "duplicate", "copies": 3}, {"action": "reorder", "release_after": 3}])
@@ -87,7 +87,7 @@ def test_duplicated_and_reordered_callbacks_reach_the_same_state(live, mirror, e
     hired, old_id, leaver = _changes(emulator)
     live.settle()
     _assert_converged(mirror, emulator, departed={leaver.casefold()})
-    assert sorted(o.kind for o in mirror.outbox()) == ["departed", "disabled", "moved"]
+    assert sorted(o.kind for o in mirror.outbox()) == ["departed", "disabled", "moved", "renamed"]
 
 
 def test_a_stale_update_after_the_delete_does_not_bring_the_member_back(live, mirror, emulator, tenant_app):

@@ -144,4 +144,4 @@ def test_a_rename_onto_a_departed_members_reused_id_keeps_both_people_apart(live
     assert departed.status == 5 and departed.userid == gone  # moved aside, not overwritten
     run_sync(tenant_app, trigger="schedule")
     assert mirror.person(gone).id == renamed_id and mirror.person(gone).status == 1
-    assert [(o.kind, o.person_id) for o in mirror.outbox()] == [("departed", gone_id)]
+    assert [(o.kind, o.person_id) for o in mirror.outbox()] == [("departed", gone_id), ("renamed", renamed_id)]

@@ -637,11 +637,6 @@ def test_no_leaver_stays_and_no_active_member_is_removed(make_app, databases, re
 tenant_app = support.tenant_app  # the fixture
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the registry's rules, owner and admins name people by userid; after a userid rename in "
-    "WeCom the daily check finds the renamed member outside the rule and removes them",
-)
 def test_a_renamed_member_is_not_removed_by_the_daily_check(tenant_app, emulator):
     """D9's "no active member removed", found by the model: a member of a governed chat is renamed
     in WeCom (NewUserID; the mirror keeps the same person), then the daily check runs in enforce
@@ -682,3 +677,35 @@ def test_a_member_the_mirror_has_not_seen_yet_is_not_removed(tenant_app, emulato
     run_check(tenant_app, trigger="test")
     drain(tenant_app)
     assert "newhire7" in chat_members(emulator, chatid)
+
+
+def test_a_renamed_owner_and_admin_are_followed_by_the_registry(tenant_app, emulator):
+    """A rename of the owner and admin: the registry names the new id (versioned, audited), and
+    neither the check nor an exemption loses the person."""
+    from datetime import timedelta
+
+    from tests.groups.check_support import group, rows, updates
+    from wecom_plugin.models.base import utcnow
+    from wecom_plugin.models.groups import GroupExemption, GroupVersion
+    from wecom_plugin.services import group_registry
+    from wecom_plugin.services.membership_check import run_check
+
+    from .support import chat, drain
+
+    a, b, c = people(emulator, 3)
+    gid, chatid = chat(tenant_app, [a, b, c], owner=a, admins=[a])
+    with tenant_app.app_context():
+        group_registry.add_exemption(db.session, gid, c, reason="项目需要", expires_at=utcnow() + timedelta(days=3),
+                                     actor="user:test")  # fmt: skip
+        db.session.commit()
+    set_mode(tenant_app, "enforce")
+    emulator.admin("directory/rename", userid=a, new_userid=f"{a}.new")
+    emulator.admin("directory/rename", userid=c, new_userid=f"{c}.new")
+    sync_mirror(tenant_app)
+    run_check(tenant_app, trigger="test")
+    drain(tenant_app)
+    g = group(tenant_app, gid)
+    assert (g.owner, g.admins) == (f"{a}.new", [f"{a}.new"])
+    assert [v.action for v in rows(tenant_app, GroupVersion, GroupVersion.group_id == gid)][-1] == "member_renamed"
+    assert [e.userid for e in rows(tenant_app, GroupExemption, GroupExemption.group_id == gid)] == [f"{c}.new"]
+    assert updates(emulator, chatid) == []

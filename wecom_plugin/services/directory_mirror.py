@@ -120,7 +120,7 @@ def _change_kind(before: MemberRecord, after: MemberRecord) -> tuple[str, str | 
     if status_kind:
         return status_kind, status_kind
     if before.folded != after.folded or before.userid != after.userid:
-        return "renamed", ("moved" if is_move else None)
+        return "renamed", "renamed"  # the registry names people by userid: it follows (a move rides along)
     if is_move:
         return "moved", "moved"
     return "updated", None

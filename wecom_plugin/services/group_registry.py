@@ -17,6 +17,7 @@ Settings are read from the current Flask app (``GENERAL_OFFICE_USERIDS``, ``GROU
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import string
@@ -84,6 +85,7 @@ FIELD_LABELS: dict[str, str] = {
 }  # fmt: skip
 
 
+log = logging.getLogger("wecom_plugin.group_registry")
 MAX_DEPARTMENT_ID = 2**32 - 1
 MAX_GROUP_ID = 2**31 - 1  # governed_group.id is a 32-bit integer on PostgreSQL
 
@@ -1098,6 +1100,56 @@ def _record_members(session: Session, group_id: int, userlist: Iterable[str]) ->
         if userid and fold(userid) not in seen:
             seen.add(fold(userid))
             session.add(ChatMember(group_id=group_id, userid_folded=fold(userid), userid=userid, seen_at=now))
+
+
+def rename_member(session: Session, old: str, new: str, *, actor: str) -> list[int]:
+    """A member's userid changed in WeCom (a rename keeps the person): every registry entry naming the
+    old id (owner, admins, the rule's users, exemptions) names the new one, each change versioned and
+    audited, so the daily check does not take the renamed person for a stranger. Returns the groups
+    changed. The caller commits."""
+    old_f = fold(old)
+    if not old_f or old_f == fold(new):
+        return []
+
+    def swap(users: Any) -> Any:
+        if not isinstance(users, list):
+            return users
+        return [new if isinstance(u, str) and fold(u) == old_f else u for u in users]
+
+    changed: list[int] = []
+    groups = session.scalars(sa.select(GovernedGroup).where(GovernedGroup.status != "archived")).all()
+    for group in groups:
+        values: dict[str, Any] = {}
+        if fold(group.owner or "") == old_f:
+            values["owner"] = new
+        if any(fold(a or "") == old_f for a in (group.admins or ())):
+            values["admins"] = swap(list(group.admins or ()))
+        rule = group.rule if isinstance(group.rule, dict) else None
+        if rule is not None:
+            renamed = {
+                k: ({**v, "users": swap(v.get("users"))} if isinstance(v, dict) and "users" in v else v)
+                for k, v in rule.items()
+            }
+            if renamed != rule:
+                values["rule"] = renamed
+        if values:
+            try:
+                with session.begin_nested():
+                    update_group(session, group.id, values, actor=actor, action="member_renamed",
+                                 reason=f"成员账号 {old} 改为 {new} / userid {old} renamed to {new}")  # fmt: skip
+                changed.append(group.id)
+            except RegistryError as exc:  # recorded for a person: the check then reports the difference
+                log.warning("group %s: could not follow the rename %s -> %s: %s", group.id, old, new, exc)
+    exemptions = session.execute(
+        sa.update(GroupExemption)
+        .where(GroupExemption.userid_folded == old_f)
+        .values(userid=new, userid_folded=fold(new))
+    ).rowcount
+    if changed or exemptions:
+        audit.record(actor, "groups.member_renamed", target=f"user:{new}",
+                     detail={"from": old, "to": new, "groups": changed, "exemptions": exemptions},
+                     session=session)  # fmt: skip
+    return changed
 
 
 def migration_notice(group: GovernedGroup) -> str:

@@ -256,6 +256,11 @@ def run_check(
     engine = _engine(app)
     run = _Run(app, engine, settings, trigger=trigger, group_id=group_id, dry_run=dry_run, guard=guard)
     with app.app_context():  # the registry service reads its settings from the current app
+        # Renames the registry has not followed yet first: the renamed member would be a stranger to
+        # the rule (departures are left to their offboarding, which the check already accounts for).
+        from wecom_plugin.services.offboarding import consume_outbox
+
+        consume_outbox(engine, "groups.check", kinds=("renamed",))
         return run.execute(confirmed_check)
 
 

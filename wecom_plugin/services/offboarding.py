@@ -779,15 +779,18 @@ def cancel_for_person(session: Session, person_id: int, actor: str, reason: str)
 
 
 # --- the outbox consumer ----------------------------------------------------------------------------
-def consume_outbox(engine: sa.Engine, consumer: str, *, limit: int = 500) -> dict[str, int]:
+def consume_outbox(
+    engine: sa.Engine, consumer: str, *, limit: int = 500, kinds: tuple[str, ...] | None = None
+) -> dict[str, int]:
     """Claim and act on unconsumed directory records, one transaction each (compare-and-set on
-    ``consumed_at IS NULL``: two consumers never both act on one)."""
+    ``consumed_at IS NULL``: two consumers never both act on one). ``kinds``: only these."""
     stats = {"offboarded": 0, "cancelled": 0, "ignored": 0, "lost": 0}
     chats: list[int] = []
+    query = sa.select(OUTBOX.c.id).where(OUTBOX.c.consumed_at.is_(None))
+    if kinds is not None:
+        query = query.where(OUTBOX.c.kind.in_(kinds))
     with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
-        ids = conn.execute(
-            sa.select(OUTBOX.c.id).where(OUTBOX.c.consumed_at.is_(None)).order_by(OUTBOX.c.id).limit(limit)
-        ).scalars().all()  # fmt: skip
+        ids = conn.execute(query.order_by(OUTBOX.c.id).limit(limit)).scalars().all()
     for outbox_id in ids:
         with Session(engine) as session, session.begin():
             won = session.execute(
@@ -832,6 +835,13 @@ def _consume(session: Session, record: Any, chats: list[int]) -> str:
     if record.kind == "reactivated":
         done = cancel_for_person(session, record.person_id, f"directory:{record.source}", "reactivated (rehired)")
         return "cancelled" if any(d.get("state") == "cancelled" for d in done) else "ignored"
+    if record.kind == "renamed":
+        userids = ((record.detail or {}).get("changes") or {}).get("userid") or []
+        if len(userids) == 2 and all(isinstance(u, str) and u for u in userids):
+            from wecom_plugin.services.group_registry import rename_member
+
+            rename_member(session, userids[0], userids[1], actor=f"directory:{record.source}")
+        return "ignored"
     return "ignored"  # moved: the daily check applies department rules
 
 

@@ -75,7 +75,10 @@ class Stack:
         return base
 
     def worker(self, name: str, **env: str):
-        proc = load.start_worker(self.env(WORKER_POLL_INTERVAL="0.05", **env), self.log(name))
+        # One thread per worker process: the scenarios time their storms against a worker's pace.
+        proc = load.start_worker(
+            self.env(**{"WORKER_POLL_INTERVAL": "0.05", "WORKER_THREADS": "1", **env}), self.log(name)
+        )
         self._track(proc, signal.SIGTERM)
         return proc
 

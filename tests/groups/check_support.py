@@ -24,11 +24,7 @@ from wecom_plugin.wecom.api import appchat
 def tenant_app(make_app, db_url, emulator):
     app = make_app(
         DATABASE_URL=db_url,
-        WECOM_API_BASE_URL=emulator.url,
-        WECOM_CORP_ID=emulator.corp_id,
-        WECOM_AGENT_ID=str(emulator.OUR),
-        WECOM_SECRET=emulator.secret(),
-        WECOM_CONTACT_SECRET=emulator.secret("contact_sync"),
+        **emulator.plugin_settings(),
         # App chats only: under the default "wait", a leaver who owns a customer group (the seed's first
         # member does) keeps the offboarding open until deleted. tests/offboarding/test_customer_groups.py
         # covers the handover with each setting.

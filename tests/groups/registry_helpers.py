@@ -24,11 +24,7 @@ def setup_app(make_app, db_url: str, emulator, **extra: Any):
     extra.setdefault("GOVERNANCE_MODE", "enforce")
     app = make_app(
         DATABASE_URL=db_url,
-        WECOM_API_BASE_URL=emulator.url,
-        WECOM_CORP_ID=emulator.corp_id,
-        WECOM_AGENT_ID=str(emulator.OUR),
-        WECOM_SECRET=emulator.secret(),
-        WECOM_CONTACT_SECRET=emulator.secret("contact_sync"),
+        **emulator.plugin_settings(),
         GENERAL_OFFICE_USERIDS=",".join(OFFICE),
         **extra,
     )

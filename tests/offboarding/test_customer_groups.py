@@ -41,11 +41,7 @@ def make_tenant(make_app, db_url, emulator):
     def _make(**overrides):
         app = make_app(
             DATABASE_URL=db_url,
-            WECOM_API_BASE_URL=emulator.url,
-            WECOM_CORP_ID=emulator.corp_id,
-            WECOM_AGENT_ID=str(emulator.OUR),
-            WECOM_SECRET=emulator.secret(),
-            WECOM_CONTACT_SECRET=emulator.secret("contact_sync"),
+            **emulator.plugin_settings(),
             **overrides,
         )
         sync_mirror(app)

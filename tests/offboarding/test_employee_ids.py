@@ -172,11 +172,7 @@ def field_app(make_app, db_url, emulator):
     """The tenant with EMPLOYEE_ID_FIELD set (the directory's custom field 工号)."""
     app = make_app(
         DATABASE_URL=db_url,
-        WECOM_API_BASE_URL=emulator.url,
-        WECOM_CORP_ID=emulator.corp_id,
-        WECOM_AGENT_ID=str(emulator.OUR),
-        WECOM_SECRET=emulator.secret(),
-        WECOM_CONTACT_SECRET=emulator.secret("contact_sync"),
+        **emulator.plugin_settings(),
         CUSTOMER_GROUP_HANDOVER="off",
         EMPLOYEE_ID_FIELD=FIELD,
     )

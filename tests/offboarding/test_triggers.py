@@ -52,11 +52,7 @@ KIND = pytest.mark.parametrize("kind", ["depart", "disable"])
 def live_app(make_app, db_url, emulator):
     app = make_app(
         DATABASE_URL=db_url,
-        WECOM_API_BASE_URL=emulator.url,
-        WECOM_CORP_ID=emulator.corp_id,
-        WECOM_AGENT_ID=str(emulator.OUR),
-        WECOM_SECRET=emulator.secret(),
-        WECOM_CONTACT_SECRET=emulator.secret("contact_sync"),
+        **emulator.plugin_settings(),
         WECOM_CONTACT_CALLBACK_TOKEN=CONTACT_TOKEN,
         WECOM_CONTACT_CALLBACK_AES_KEY=CONTACT_KEY,
     )

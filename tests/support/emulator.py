@@ -49,6 +49,16 @@ class Emulator:
             return self.tenant.data.contact_sync.secret
         return self.tenant.data.apps[who].secret
 
+    def plugin_settings(self) -> dict[str, str]:
+        """The plugin's settings for talking to this tenant as our app (and its contact-sync secret)."""
+        return {
+            "WECOM_API_BASE_URL": self.url,
+            "WECOM_CORP_ID": self.corp_id,
+            "WECOM_AGENT_ID": str(self.OUR),
+            "WECOM_SECRET": self.secret(),
+            "WECOM_CONTACT_SECRET": self.secret("contact_sync"),
+        }
+
     def users(self, status: int | None = 1) -> list:
         return [u for u in self.tenant.data.users.values() if status is None or u.status == status]
 

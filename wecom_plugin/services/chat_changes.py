@@ -875,7 +875,7 @@ def _record(app: Any, engine: sa.Engine, work: _Apply) -> None:
             _registry_owner(session, work.group.id, work.chosen_owner, work.group.owner or "")
         leavers = {r.userid_folded for r in removed if r.source == "offboarding"}
         if leavers & {fold(a) for a in (work.group.admins or ())}:
-            _registry_admins(session, work.group, leavers)
+            _registry_admins(session, work.group, leavers, app.extensions["wecom_settings"])
         if removed:
             from wecom_plugin.runtime.queue import enqueue
 
@@ -906,7 +906,7 @@ def _registry_owner(session: Session, group_id: int, new_owner: str, old_owner: 
         log.warning("group %s: the registry refused the new owner %s: %s", group_id, new_owner, exc)
 
 
-def _registry_admins(session: Session, group: Any, leavers: set[str]) -> None:
+def _registry_admins(session: Session, group: Any, leavers: set[str], settings: Any) -> None:
     """A leaver removed from the chat is no longer one of its admins (a role of ours). When none is
     left, the general office, which designates admins (群管理员由综合办公室指定), gets a manual action."""
     from wecom_plugin.services import group_registry
@@ -925,8 +925,7 @@ def _registry_admins(session: Session, group: Any, leavers: set[str]) -> None:
         return
     if kept:
         return
-    settings = group_registry._settings()
-    office = next(iter(settings.general_office_userids), None) if settings is not None else None
+    office = next(iter(settings.general_office_userids), None)
     action_id = session.execute(
         sa.insert(MANUAL).values(
             kind="admin_needed", group_id=group.id, chat_ref=group.chatid, userid=gone[0],

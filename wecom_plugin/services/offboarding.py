@@ -841,8 +841,7 @@ def _consume(session: Session, record: Any, chats: list[int]) -> str:
             from wecom_plugin.services.group_registry import rename_member
 
             rename_member(session, userids[0], userids[1], actor=f"directory:{record.source}")
-        return "ignored"
-    return "ignored"  # moved: the daily check applies department rules
+    return "ignored"  # moved: the daily check applies department rules; renamed: followed above
 
 
 # --- sweep, status ----------------------------------------------------------------------------------

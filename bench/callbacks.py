@@ -143,9 +143,10 @@ class ScratchDatabase:
 class Emulator:
     """``python -m wecom_plugin.emulator`` in its own process (real clock)."""
 
-    def __init__(self, org: str, log_path: Path):
+    def __init__(self, org: str, log_path: Path, flags: tuple[str, ...] = ()):
         self.log_path = log_path
         command = [sys.executable, "-m", "wecom_plugin.emulator", "--port", "0", "--org", org, "--clock", "real"]
+        command += [arg for flag in flags for arg in ("--flag", flag)]
         self.proc = load.spawn([*command, "--no-verify"], {**os.environ, "PYTHONPATH": str(REPO_ROOT)}, log_path)
         self.env: dict[str, str] = {}
         deadline = time.monotonic() + 60

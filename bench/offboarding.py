@@ -67,8 +67,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import callbacks  # noqa: E402 - bench/ is on sys.path when a script runs
 import requests
-from common import run_environment  # noqa: E402 - bench/ is on sys.path when a script runs
+from common import run_environment  # noqa: E402
 from sync import OUR_AGENTID, Budget, PostgresDatabase, SQLiteDatabase, build_org  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -138,36 +139,11 @@ def plan(org: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 # ================================================================================================
 # The emulator (real clock) and the plugin's processes
 # ================================================================================================
-class Emulator:
+class Emulator(callbacks.Emulator):
+    """bench/callbacks.py's tenant (real clock), with WeCom's per-API limits lifted and a long request log."""
+
     def __init__(self, org_path: Path, log_path: Path) -> None:
-        command = [sys.executable, "-m", "wecom_plugin.emulator", "--port", "0", "--org", str(org_path)]
-        command += [
-            "--clock",
-            "real",
-            "--no-verify",
-            "--flag",
-            "basic_limits=false",
-            "--flag",
-            "request_log_max=500000",
-        ]
-        self.proc = load.spawn(command, {**os.environ, "PYTHONPATH": str(REPO_ROOT)}, log_path)
-        deadline = time.monotonic() + 120
-        text = ""
-        while "Serving" not in text:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the emulator did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-            text = log_path.read_text(errors="replace")
-        import re
-
-        self.env = dict(re.findall(r"^(WECOM_[A-Z0-9_]+)=(.*)$", text, flags=re.MULTILINE))
-        self.admin = self.env["WECOM_API_BASE_URL"].replace("/cgi-bin/", "/_emulator/")
-        self.http = requests.Session()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, self.admin + path, timeout=60, **kwargs)
-        response.raise_for_status()
-        return response.json()
+        super().__init__(str(org_path), log_path, flags=("basic_limits=false", "request_log_max=500000"))
 
     def last_seq(self) -> int:
         return int(self.call("GET", "requests", params={"limit": 1})["last_seq"])
@@ -177,9 +153,6 @@ class Emulator:
 
     def chat_members(self, chatid: str) -> set[str]:
         return {m.casefold() for m in self.call("GET", f"chats/{chatid}", params={"include_dropped": "0"})["userlist"]}
-
-    def stop(self) -> None:
-        load.stop(self.proc, timeout=10)
 
 
 def plugin_env(emulator: Emulator, database_url: str, tmp: Path) -> dict[str, str]:

@@ -95,6 +95,22 @@ CUSTOMER_GROUP_MEMBER_SCAN = "false"
 # before the successor (else the general office) gets one manual action saying they still wait.
 CUSTOMER_GROUP_WAIT_DAYS = "7"
 
+# --- Bulletins (通报) and the workday calendar --------------------------------------------------------
+# What a "statutory workday" rule does on a day of a year for which neither the pinned calendar
+# package nor an imported State Council notice has data: "hold" (send nothing, alert the admins) or
+# "weekdays" (treat Monday to Friday as workdays, and say so in every preview and delivery record).
+CALENDAR_FALLBACK = "hold"
+# Alert the admins this many days before the first day of a year without official calendar data.
+CALENDAR_ALERT_DAYS = "30"
+# Quiet windows for every bulletin (comma separated HH:MM-HH:MM in WECOM_TIMEZONE), on top of each
+# registered group's own; e.g. "12:00-13:30". Empty: only the groups' windows.
+BULLETIN_QUIET_WINDOWS = ""
+# Default misfire grace: an occurrence not started this many minutes after its time is "missed".
+BULLETIN_MISFIRE_GRACE_MINUTES = "10"
+# A bulletin to a whole department with more active members than this (its subtree), or to @all,
+# needs the API scope "bulletins:broadcast" rather than "bulletins".
+BULLETIN_BROADCAST_DEPARTMENT_SIZE = "200"
+
 # --- Alerts ----------------------------------------------------------------------------------------
 # Optional generic webhook (outside WeCom) that receives every new alert as JSON.
 ALERT_WEBHOOK_URL = ""

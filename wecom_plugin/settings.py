@@ -35,6 +35,7 @@ CORP_SIZES = ("small", "medium", "large")
 # observe: report only (a new install), dry_run: plan and record, enforce: change WeCom chats.
 GOVERNANCE_MODES = ("observe", "dry_run", "enforce")
 CUSTOMER_GROUP_HANDOVERS = ("wait", "onjob", "off")  # services/customer_groups.py
+CALENDAR_FALLBACKS = ("hold", "weekdays")  # domain/workdays.py
 # Values that appear in docs and examples; a process that finds one of them refuses to start.
 KNOWN_DEFAULT_SECRETS = frozenset({"change-me", "changeme", "secret", "dev", "development", "test"})
 MIN_SECRET_KEY_BYTES = 32
@@ -101,6 +102,11 @@ class Settings:
     customer_group_handover: str
     customer_group_member_scan: bool
     customer_group_wait_days: int
+    calendar_fallback: str
+    calendar_alert_days: int
+    bulletin_quiet_windows: tuple[str, ...]
+    bulletin_misfire_grace_minutes: int
+    bulletin_broadcast_department_size: int
     alert_webhook_url: str | None
     alert_wecom_userids: tuple[str, ...]
     api_rate_limit_per_minute: int
@@ -256,6 +262,11 @@ def load_settings(
         customer_group_handover=v.choice("CUSTOMER_GROUP_HANDOVER", CUSTOMER_GROUP_HANDOVERS),
         customer_group_member_scan=v.boolean("CUSTOMER_GROUP_MEMBER_SCAN"),
         customer_group_wait_days=v.integer("CUSTOMER_GROUP_WAIT_DAYS", minimum=1, maximum=365),
+        calendar_fallback=v.choice("CALENDAR_FALLBACK", CALENDAR_FALLBACKS),
+        calendar_alert_days=v.integer("CALENDAR_ALERT_DAYS", minimum=1, maximum=366),
+        bulletin_quiet_windows=_quiet_windows("BULLETIN_QUIET_WINDOWS", v.csv("BULLETIN_QUIET_WINDOWS")),
+        bulletin_misfire_grace_minutes=v.integer("BULLETIN_MISFIRE_GRACE_MINUTES", minimum=1, maximum=24 * 60),
+        bulletin_broadcast_department_size=v.integer("BULLETIN_BROADCAST_DEPARTMENT_SIZE", minimum=1),
         alert_webhook_url=alert_webhook,
         alert_wecom_userids=v.csv("ALERT_WECOM_USERIDS"),
         api_rate_limit_per_minute=v.integer("API_RATE_LIMIT_PER_MINUTE", minimum=1),
@@ -379,6 +390,20 @@ def _clock_time(name: str, raw: str) -> str:
     if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
         raise SettingsError(name, f"must be a time of day as HH:MM (24-hour), got {raw!r}")
     return f"{int(match.group(1)):02d}:{match.group(2)}"
+
+
+def _quiet_windows(name: str, windows: tuple[str, ...]) -> tuple[str, ...]:
+    """``HH:MM-HH:MM`` windows, normalised (a window may run past midnight, e.g. 22:00-07:00)."""
+    out = []
+    for window in windows:
+        start, sep, end = window.partition("-")
+        if not sep:
+            raise SettingsError(name, f"a quiet window is written HH:MM-HH:MM, got {window!r}")
+        first, last = _clock_time(name, start), _clock_time(name, end)
+        if first == last:
+            raise SettingsError(name, f"a quiet window cannot start and end at the same time: {window!r}")
+        out.append(f"{first}-{last}")
+    return tuple(out)
 
 
 def _patterns(name: str, raw: str) -> tuple[str, ...]:

@@ -4,8 +4,9 @@ Spec kinds (a JSON object with ``kind``):
 
 * ``{"kind": "interval", "seconds": 3600}``: every N seconds after the previous occurrence.
 * ``{"kind": "daily", "times": ["09:00", "17:30"], "weekdays": [0, 1, 2, 3, 4]}``: at local wall
-  times in the schedule's zone; ``weekdays`` (Monday = 0) is optional. Later issues add kinds
-  (China's statutory workday calendar) through :func:`register_kind`.
+  times in the schedule's zone; ``weekdays`` (Monday = 0) is optional.
+* ``{"kind": "bulletin", ...}``: a bulletin's schedule on China's statutory workday calendar
+  (:mod:`wecom_plugin.domain.bulletin_schedule`); it needs the ``calendar`` argument.
 
 Daylight saving policy for wall-clock kinds (Asia/Shanghai has none, but a deployment may set
 another zone): a wall time that does not exist on a spring-forward day runs once, shifted
@@ -23,7 +24,8 @@ from zoneinfo import ZoneInfo
 MIN_INTERVAL_SECONDS = 1
 MAX_OCCURRENCE_SCAN_DAYS = 366 * 2
 
-NextFn = Callable[[dict[str, Any], ZoneInfo, datetime], datetime]
+# next_after(spec, zone, after, calendar): calendar is a WorkdayCalendar, or None for kinds without one.
+NextFn = Callable[[dict[str, Any], ZoneInfo, datetime, Any], datetime]
 _KINDS: dict[str, tuple[Callable[[dict[str, Any]], None], NextFn]] = {}
 
 
@@ -46,16 +48,18 @@ def validate(spec: Any) -> dict[str, Any]:
     return spec
 
 
-def next_after(spec: dict[str, Any], tz: ZoneInfo, after: datetime) -> datetime:
-    """The first occurrence strictly after ``after`` (aware), as an aware UTC datetime."""
+def next_after(spec: dict[str, Any], tz: ZoneInfo, after: datetime, calendar: Any = None) -> datetime:
+    """The first occurrence strictly after ``after`` (aware), as an aware UTC datetime.
+
+    ``calendar`` (a ``WorkdayCalendar``) is required by kinds that follow the workday calendar."""
     if after.tzinfo is None:
         raise ValueError("after must be timezone-aware")
     validate(spec)
-    return _KINDS[spec["kind"]][1](spec, tz, after).astimezone(UTC)
+    return _KINDS[spec["kind"]][1](spec, tz, after, calendar).astimezone(UTC)
 
 
 def occurrences_between(
-    spec: dict[str, Any], tz: ZoneInfo, start: datetime, end: datetime, limit: int
+    spec: dict[str, Any], tz: ZoneInfo, start: datetime, end: datetime, limit: int, calendar: Any = None
 ) -> tuple[list[datetime], datetime]:
     """Occurrences ``t`` with ``start <= t <= end`` (``start`` is itself an occurrence), at most
     ``limit`` of them, and the first occurrence after the last one listed."""
@@ -63,7 +67,7 @@ def occurrences_between(
     current = start.astimezone(UTC)
     while current <= end and len(times) < limit:
         times.append(current)
-        current = next_after(spec, tz, current)
+        current = next_after(spec, tz, current, calendar)
     return times, current
 
 
@@ -74,7 +78,7 @@ def _validate_interval(spec: dict[str, Any]) -> None:
         raise SpecError(f"interval spec needs seconds >= {MIN_INTERVAL_SECONDS}")
 
 
-def _next_interval(spec: dict[str, Any], tz: ZoneInfo, after: datetime) -> datetime:
+def _next_interval(spec: dict[str, Any], tz: ZoneInfo, after: datetime, calendar: Any = None) -> datetime:
     return after + timedelta(seconds=spec["seconds"])
 
 
@@ -102,7 +106,7 @@ def _validate_daily(spec: dict[str, Any]) -> None:
         raise SpecError('"weekdays" lists days 0 (Monday) to 6 (Sunday)')
 
 
-def _next_daily(spec: dict[str, Any], tz: ZoneInfo, after: datetime) -> datetime:
+def _next_daily(spec: dict[str, Any], tz: ZoneInfo, after: datetime, calendar: Any = None) -> datetime:
     wall_times = sorted(parse_wall_time(t) for t in spec["times"])
     weekdays = set(spec.get("weekdays") or range(7))
     return next_wall_time(tz, after, wall_times, lambda day: day.weekday() in weekdays)
@@ -134,3 +138,6 @@ def resolve_local(tz: ZoneInfo, day: date, wall: time) -> datetime:
 
 register_kind("interval", _validate_interval, _next_interval)
 register_kind("daily", _validate_daily, _next_daily)
+
+# Kinds defined in their own modules register themselves on import.
+from wecom_plugin.domain import bulletin_schedule as _bulletin_schedule  # noqa: E402,F401

@@ -148,7 +148,7 @@ class _Backlog:
     following: datetime  # the schedule's next occurrence after now
 
 
-def _scan_backlog(schedule: sa.Row, tz: ZoneInfo, now: datetime) -> _Backlog:
+def _scan_backlog(schedule: sa.Row, tz: ZoneInfo, now: datetime, calendar=None) -> _Backlog:
     """Walk the schedule's occurrences from ``next_run_at`` to ``now``, keeping bounded lists.
 
     After a long outage a schedule may be thousands of occurrences behind: the newest within
@@ -170,11 +170,11 @@ def _scan_backlog(schedule: sa.Row, tz: ZoneInfo, now: datetime) -> _Backlog:
             if len(in_grace) == in_grace.maxlen:
                 missed += 1  # beyond the cap of occurrences run in one pass
             in_grace.append(current)
-        current = specs.next_after(schedule.spec, tz, current)
+        current = specs.next_after(schedule.spec, tz, current, calendar)
     else:
         # Absurdly far behind (a tiny interval and a long outage): skip ahead to the future.
         log.warning("schedule %s is more than %s occurrences behind; skipping ahead", schedule.key, MAX_BACKLOG_SCAN)
-        current = specs.next_after(schedule.spec, tz, now)
+        current = specs.next_after(schedule.spec, tz, now, calendar)
     return _Backlog(list(in_grace), list(missed_recent), missed, current)
 
 
@@ -262,18 +262,26 @@ class Clock:
                 due = due.with_for_update(skip_locked=True)
             rows = conn.execute(due).all()
             enqueued = 0
+            calendar = self._calendar(conn) if rows else None
             for row in rows:
                 try:
                     with conn.begin_nested():
-                        enqueued += self._materialise(conn, row, now)
+                        enqueued += self._materialise(conn, row, now, calendar)
                 except Exception as exc:  # noqa: BLE001 - one bad schedule must not stop the others
                     self._alert_broken(conn, row, exc)
             more = len(rows) == SCHEDULES_PER_TRANSACTION
             return enqueued, (rows[-1].id if more else None)
 
-    def _materialise(self, conn: sa.Connection, schedule: sa.Row, now: datetime) -> int:
+    def _calendar(self, conn: sa.Connection):
+        """The workday calendar (package data plus imported notices), for kinds that follow it.
+        Cached per process and re-read when an import changes it."""
+        from wecom_plugin.services.workday_calendar import load_calendar
+
+        return load_calendar(conn, self.settings.calendar_fallback)
+
+    def _materialise(self, conn: sa.Connection, schedule: sa.Row, now: datetime, calendar=None) -> int:
         tz = ZoneInfo(schedule.timezone)
-        backlog = _scan_backlog(schedule, tz, now)
+        backlog = _scan_backlog(schedule, tz, now, calendar)
         # Advance next_run_at first, conditionally: if another clock already did, it owns this pass.
         advanced = conn.execute(
             sa.update(SCHEDULE)

@@ -5,6 +5,8 @@ Importing this package registers every model on the shared metadata (Alembic nee
 
 from wecom_plugin.models.api_clients import ApiClient, ApiKey, RateCounter
 from wecom_plugin.models.base import Base
+from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery, BulletinRun
+from wecom_plugin.models.calendar import CalendarDay, CalendarYear
 from wecom_plugin.models.claims import ClaimState
 from wecom_plugin.models.customer_groups import CustomerGroupHandover, CustomerGroupScan
 from wecom_plugin.models.directory import (
@@ -34,6 +36,11 @@ from wecom_plugin.models.ops import Alert, AuditEvent
 from wecom_plugin.models.tokens import WeComToken
 
 __all__ = [
+    "Bulletin",
+    "BulletinDelivery",
+    "BulletinRun",
+    "CalendarDay",
+    "CalendarYear",
     "CustomerGroupHandover",
     "CustomerGroupScan",
     "Offboarding",

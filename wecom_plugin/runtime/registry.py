@@ -115,6 +115,8 @@ def load_job_modules(extra: Iterable[str] = ()) -> None:
         "wecom_plugin.jobs.groups_check",
         "wecom_plugin.jobs.offboarding",
         "wecom_plugin.jobs.customer_groups",
+        "wecom_plugin.jobs.calendar",
+        "wecom_plugin.jobs.bulletins",
         *extra,
     ):
         if module not in _LOADED_MODULES:

@@ -1,0 +1,567 @@
+"""Firing a bulletin occurrence: one run, one delivery per target, each sent at most once.
+
+The clock materialises each occurrence once (unique on schedule key and time) and enqueues one
+``bulletins.fire`` job. That job, at-most-once:
+
+1. opens the run (unique on bulletin and scheduled time) and judges the day again with the workday
+   calendar as it is now: not a day of the rule → ``skipped``; no official data and
+   CALENDAR_FALLBACK=hold → ``held`` with an alert (never a silent guess);
+2. creates one delivery per target. A target whose quiet window (the group's registry entry, and
+   BULLETIN_QUIET_WINDOWS) holds the scheduled time is deferred to the window's end (a job of its own,
+   with the misfire grace counted from then), sent anyway and logged (``urgent``), or skipped;
+3. sends each due delivery through the runtime's at-most-once step (``sending`` committed before the
+   call). A delivery not started within its grace becomes ``missed`` (alerted). A call whose outcome
+   cannot be known (a timeout after WeCom may have applied it, a worker killed mid-call) ends
+   ``unknown``, alerted, and is never repeated automatically: :func:`resend` is the operator's
+   explicit decision.
+
+Every send first takes its units from the shared budget (robot 20/min per key; app chats 200/min per
+member and the corp's person-times; message/send 30/min and 1,000/h per member), so WeCom never drops
+one silently. When the budget says "later", the job is rescheduled for then (no attempt spent) and the
+deliveries' deadlines move with it: waiting for our own budget is not a misfire.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from wecom_plugin.domain import bulletin_message as bm
+from wecom_plugin.domain import bulletin_schedule
+from wecom_plugin.errors import ConfigurationError, RateLimitedError, describe_error
+from wecom_plugin.extensions import db
+from wecom_plugin.jobs.context import StepOutcome
+from wecom_plugin.models.base import insert_for
+from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery, BulletinRun
+from wecom_plugin.models.dbtime import db_now
+from wecom_plugin.models.directory import Department, Person, Tag, TagMember
+from wecom_plugin.models.groups import ChatMember, GovernedGroup
+from wecom_plugin.models.jobs import JobStep
+from wecom_plugin.runtime.queue import enqueue
+from wecom_plugin.services import audit, bulletins
+from wecom_plugin.services.alerts import raise_alert
+from wecom_plugin.wecom.errors import WeComError
+
+log = logging.getLogger("wecom_plugin.bulletins")
+
+RUN = BulletinRun.__table__
+DELIVERY = BulletinDelivery.__table__
+STEP = JobStep.__table__
+MESSAGE_USERS_PER_CALL = 1000
+OPEN_STATES = ("pending", "deferred")
+
+
+def fire(ctx) -> dict[str, Any]:
+    """The ``bulletins.fire`` job: an occurrence from the clock, a deferred part of one, or a resend."""
+    payload = ctx.payload
+    if payload.get("resend_of") is not None or payload.get("deliveries"):
+        return _send_listed(ctx, [int(i) for i in payload.get("deliveries", [])], resend=True)
+    if payload.get("deferred_until"):
+        due = datetime.fromisoformat(payload["deferred_until"])
+        return _send_due(ctx, int(payload["run_id"]), due, deferred=True)
+    run_id = _open_run(ctx, int(payload["bulletin_id"]), datetime.fromisoformat(payload["scheduled_at"]))
+    if run_id is None:
+        return {"skipped": "bulletin deleted"}
+    scheduled = datetime.fromisoformat(payload["scheduled_at"])
+    return _send_due(ctx, run_id, scheduled, deferred=False)
+
+
+# --- opening the run ------------------------------------------------------------------------------
+def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
+    """Create the run and its deliveries once; later holders find them. Returns the run id."""
+    from wecom_plugin.services.workday_calendar import load_calendar
+
+    session = db.session
+    try:
+        row = session.get(Bulletin, bulletin_id)
+        if row is None:
+            return None
+        existing = session.execute(
+            sa.select(RUN.c.id).where(RUN.c.bulletin_id == bulletin_id, RUN.c.scheduled_at == scheduled)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing
+        now = db_now(session)
+        run_id = session.execute(
+            insert_for(session, RUN)
+            .values(
+                bulletin_id=bulletin_id,
+                scheduled_at=scheduled,
+                state="running",
+                reason="",
+                version=row.version,
+                created_at=now,
+            )  # fmt: skip
+            .on_conflict_do_nothing(index_elements=["bulletin_id", "scheduled_at"])
+            .returning(RUN.c.id)
+        ).scalar_one_or_none()
+        if run_id is None:  # another holder opened it between our read and insert
+            session.rollback()
+            return session.execute(
+                sa.select(RUN.c.id).where(RUN.c.bulletin_id == bulletin_id, RUN.c.scheduled_at == scheduled)
+            ).scalar_one()
+        tz = ZoneInfo(row.timezone)
+        local = scheduled.astimezone(tz)
+        if row.state != "active":
+            _close_run(session, run_id, "skipped", "通报已暂停 / the bulletin is paused", now)
+        else:
+            calendar = load_calendar(session.connection(), ctx.settings.calendar_fallback)
+            verdict = bulletin_schedule.day_verdict(row.schedule, local.date(), calendar)
+            if verdict.state == bulletin_schedule.NO:
+                _close_run(session, run_id, "skipped", f"{verdict.zh} / {verdict.en}", now)
+            elif verdict.state == bulletin_schedule.HOLD:
+                _close_run(session, run_id, "held", f"{verdict.zh} / {verdict.en}", now)
+                _alert_held(session, row, local, verdict)
+            else:
+                _create_deliveries(session, ctx, row, run_id, scheduled, now)
+        session.commit()
+        return run_id
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _close_run(session, run_id: int, state: str, reason: str, now: datetime) -> None:
+    session.execute(sa.update(RUN).where(RUN.c.id == run_id).values(state=state, reason=reason, finished_at=now))
+
+
+def _alert_held(session, row: Bulletin, local: datetime, verdict) -> None:
+    day = local.strftime("%Y-%m-%d %H:%M")
+    raise_alert(
+        f"bulletin.held:{row.id}",
+        severity="error",
+        title_zh=f"通报「{row.name}」{day} 未发送：{verdict.zh}。请用 wecom-plugin calendar import 导入国务院放假安排",
+        title_en=f"Bulletin {row.name!r} at {day} was held: {verdict.en}. Import the State Council's notice "
+        "with `wecom-plugin calendar import`",
+        detail={"bulletin_id": row.id, "scheduled_local": day},
+        session=session,
+    )
+
+
+@dataclass(frozen=True)
+class _Target:
+    key: str  # chat:<id> | robot:<name> | message:<n>
+    quiet: tuple[str, ...]
+
+
+def targets_of(session, row: Bulletin, settings) -> list[_Target]:
+    """The bulletin's delivery targets, each with the quiet windows that apply to it."""
+    global_quiet = tuple(settings.bulletin_quiet_windows)
+    out: list[_Target] = []
+    chat_ids = list(row.targets.get("chats", []))
+    if chat_ids:
+        quiet = {
+            gid: windows
+            for gid, windows in session.execute(
+                sa.select(GovernedGroup.id, GovernedGroup.quiet_windows).where(GovernedGroup.id.in_(chat_ids))
+            )
+        }
+        for gid in chat_ids:
+            out.append(_Target(f"chat:{gid}", global_quiet + tuple(quiet.get(gid) or ())))
+    for robot in row.targets.get("robots", []):
+        out.append(_Target(f"robot:{robot['name']}", global_quiet))
+    users = row.targets.get("users", [])
+    if users or row.targets.get("departments") or row.targets.get("tags"):
+        chunks = max(1, -(-len(users) // MESSAGE_USERS_PER_CALL))
+        for n in range(chunks):
+            out.append(_Target(f"message:{n}", global_quiet))
+    return out
+
+
+def _create_deliveries(session, ctx, row: Bulletin, run_id: int, scheduled: datetime, now: datetime) -> None:
+    tz = ZoneInfo(row.timezone)
+    grace = timedelta(seconds=row.misfire_grace_seconds)
+    deferred: dict[datetime, list[str]] = {}
+    for target in targets_of(session, row, ctx.settings):
+        due, state, reason = scheduled, "pending", ""
+        hit = bulletins.defer_window(target.quiet, scheduled.astimezone(tz))
+        if hit is not None:
+            window, end = hit
+            if row.quiet_policy == "defer":
+                due, state = end.astimezone(scheduled.tzinfo), "deferred"
+                reason = f"免打扰时段 {window}，顺延至 {end.strftime('%H:%M')} / quiet window {window}: deferred"
+                deferred.setdefault(due, []).append(target.key)
+            elif row.quiet_policy == "skip":
+                state = "skipped"
+                reason = f"免打扰时段 {window}，按设置跳过 / quiet window {window}: skipped"
+            else:
+                reason = f"免打扰时段 {window}，紧急通报照发 / quiet window {window}: sent anyway (urgent)"
+                audit.record("bulletins", "bulletins.urgent_in_quiet", target=f"bulletin:{row.id}",
+                             detail={"run_id": run_id, "target": target.key, "window": window}, session=session)  # fmt: skip
+        session.execute(
+            sa.insert(DELIVERY).values(
+                delivery_id=uuid.uuid4().hex, run_id=run_id, bulletin_id=row.id, target=target.key, attempt=1,
+                state=state, scheduled_at=scheduled, due_at=due, deadline_at=due + grace, reason=reason,
+                updated_at=now,
+            )
+        )  # fmt: skip
+    for due, keys in deferred.items():
+        enqueue(
+            bulletins.JOB_NAME,
+            {"run_id": run_id, "bulletin_id": row.id, "deferred_until": due.isoformat()},
+            run_after=due,
+            dedupe_key=f"bulletin-deferred:{run_id}:{due.isoformat()}",
+            session=session,
+        )
+
+
+# --- sending --------------------------------------------------------------------------------------
+def _send_due(ctx, run_id: int, due: datetime, *, deferred: bool) -> dict[str, Any]:
+    session = db.session
+    try:
+        if deferred:
+            session.execute(
+                sa.update(DELIVERY)
+                .where(DELIVERY.c.run_id == run_id, DELIVERY.c.state == "deferred", DELIVERY.c.due_at == due)
+                .values(state="pending")
+            )
+        ids = list(
+            session.execute(
+                sa.select(DELIVERY.c.id)
+                .where(DELIVERY.c.run_id == run_id, DELIVERY.c.due_at == due)
+                .order_by(DELIVERY.c.id)
+            ).scalars()
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return _send_listed(ctx, ids, resend=False)
+
+
+def _send_listed(ctx, delivery_ids: list[int], *, resend: bool) -> dict[str, Any]:
+    outcomes: dict[str, int] = {}
+    runs: set[int] = set()
+    sender = _Sender(ctx)
+    for delivery_id in delivery_ids:
+        state, run_id = sender.deliver(delivery_id, resend=resend)
+        runs.add(run_id)
+        outcomes[state] = outcomes.get(state, 0) + 1
+    for run_id in runs:
+        _settle_run(run_id)
+    return {"deliveries": outcomes}
+
+
+class _Sender:
+    """Sends one delivery at a time within a job; caches the bulletin and the client."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self._bulletins: dict[int, Bulletin] = {}
+
+    def deliver(self, delivery_id: int, *, resend: bool) -> tuple[str, int]:
+        """Send delivery ``delivery_id`` if it is still pending; returns its final state and run."""
+        session = db.session
+        try:
+            d = session.execute(sa.select(DELIVERY).where(DELIVERY.c.id == delivery_id)).first()
+            if d is None:
+                return "gone", 0
+            if d.state != "pending":
+                session.rollback()
+                return d.state, d.run_id
+            now = db_now(session)
+            if not resend and now > d.deadline_at:
+                self._finish(session, d, "missed", reason=_missed_reason(d, now))
+                self._alert_missed(session, d, now)
+                session.commit()
+                return "missed", d.run_id
+            row = session.get(Bulletin, d.bulletin_id)
+            if row is None:
+                self._finish(session, d, "failed", reason="通报已删除 / the bulletin was deleted")
+                session.commit()
+                return "failed", d.run_id
+            plan = self._plan(session, row, d)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        if isinstance(plan, str):  # a problem found before any call: nothing was sent
+            with _tx() as s:
+                self._finish(s, d, "failed", reason=plan)
+            return "failed", d.run_id
+        try:
+            result = self.ctx.run_step(f"d{d.id}", lambda: plan.send(self.ctx, self.settings))
+        except RateLimitedError as exc:
+            # Our budget (or WeCom's 45009) says later: the worker reschedules the job without
+            # spending an attempt; move the deadlines of what is still open so the wait is no misfire.
+            _push_deadlines(d.run_id, exc.retry_after or 60.0)
+            raise
+        except ConfigurationError as exc:
+            with _tx() as s:
+                self._finish(s, d, "failed", errcode=_errcode(exc), reason=describe_error(exc, 500))
+            return "failed", d.run_id
+        return self._record(d, result), d.run_id
+
+    def _plan(self, session, row: Bulletin, d) -> _Plan | str:
+        """Everything the call needs, read before it (no transaction stays open across a WeCom call)."""
+        spec = bm.MessageSpec.from_doc(row.message)
+        local = d.scheduled_at.astimezone(ZoneInfo(row.timezone))
+        kind, _, ref = d.target.partition(":")
+        members: list[str] = []
+        if kind == "chat":
+            group = session.get(GovernedGroup, int(ref))
+            if group is None or not group.chatid or group.status != "active":
+                return f"群 {ref} 已不在使用中 / group {ref} is no longer active"
+            name, path = group.name, bm.PATH_APPCHAT
+            members = list(session.scalars(sa.select(ChatMember.userid).where(ChatMember.group_id == group.id)))
+            address: Any = group.chatid
+        elif kind == "robot":
+            robot = next((r for r in row.targets.get("robots", []) if r["name"] == ref), None)
+            if robot is None:
+                return f"机器人 {ref} 已从通报中移除 / robot {ref} was removed from the bulletin"
+            name, path, address = ref, bm.PATH_ROBOT, bulletins.robot_key(self.settings, robot)
+        else:
+            name, path = "", bm.PATH_MESSAGE
+            address, members = _message_address(session, row, int(ref or 0))
+        context = bm.template_context(local, group_name=name, bulletin_name=row.name)
+        try:
+            rendered = bm.render(spec, path, context, confidential=row.confidential)
+        except bm.BulletinMessageError as exc:
+            return "消息无法发送 / the message cannot be sent: " + str(exc)
+        return _Plan(path, address, rendered, members)
+
+    def _record(self, d, result) -> str:
+        outcome = result.outcome
+        with _tx() as s:
+            if outcome in (StepOutcome.DONE, StepOutcome.ALREADY_DONE):
+                detail = result.value if outcome == StepOutcome.DONE else _step_detail(s, self.ctx.job_id, f"d{d.id}")
+                detail = detail or {}
+                self._finish(s, d, "sent", errcode=0, msgid=detail.get("msgid"), reason=detail.get("note", ""),
+                             sent_at=_parse(detail.get("sent_at")))  # fmt: skip
+                return "sent"
+            if outcome == StepOutcome.FAILED:
+                why = _step_detail(s, self.ctx.job_id, f"d{d.id}") or {}
+                self._finish(s, d, "failed", errcode=_errcode_text(why.get("error", "")), reason=why.get("error", ""))
+                return "failed"
+            self._finish(s, d, "unknown", reason="发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
+                         "outcome unknown: not resent automatically; resend explicitly after checking")  # fmt: skip
+            return "unknown"
+
+    def _finish(self, s, d, state: str, *, errcode=None, msgid=None, reason: str = "", sent_at=None) -> None:
+        now = db_now(s)
+        values: dict[str, Any] = {"state": state, "updated_at": now, "job_id": self.ctx.job_id}
+        if errcode is not None:
+            values["errcode"] = errcode
+        if msgid:
+            values["msgid"] = str(msgid)[:128]
+        if reason:
+            values["reason"] = reason[:2000]
+        if state == "sent":
+            values["sent_at"] = sent_at or now
+        s.execute(sa.update(DELIVERY).where(DELIVERY.c.id == d.id).values(**values))
+
+    def _alert_missed(self, s, d, now: datetime) -> None:
+        row = s.get(Bulletin, d.bulletin_id)
+        name = row.name if row else str(d.bulletin_id)
+        late = int((now - d.due_at).total_seconds() // 60)
+        raise_alert(
+            f"bulletin.missed:{d.bulletin_id}",
+            severity="error",
+            title_zh=f"通报「{name}」有发送对象错过了发送时间（晚了 {late} 分钟，超过宽限），未补发",
+            title_en=f"Bulletin {name!r}: a delivery missed its time ({late} min late, past its grace); not sent",
+            detail={
+                "bulletin_id": d.bulletin_id,
+                "run_id": d.run_id,
+                "target": d.target,
+                "due_at": d.due_at.isoformat(),
+            },
+            session=s,
+        )
+
+
+@dataclass
+class _Plan:
+    path: str
+    address: Any  # chatid | robot key | (touser, toparty, totag)
+    rendered: Any  # bm.Rendered
+    members: list[str]  # for the budget: the chat's members, or message/send's expanded recipients
+
+    def send(self, ctx, settings) -> dict[str, Any]:
+        from wecom_plugin.services.wecom import client_for
+        from wecom_plugin.wecom.api import appchat, message, robot
+        from wecom_plugin.wecom.budget import MESSAGE_MEMBER_HOUR, MESSAGE_MEMBER_MINUTE, Ask, member_key
+
+        with client_for(ctx.app, guard=ctx.ensure_lease) as client:
+            sent_at = datetime.now(UTC)
+            if self.path == bm.PATH_APPCHAT:
+                appchat.send(client, self.address, self.rendered.message, safe=self.rendered.safe, members=self.members)
+                return {"errcode": 0, "sent_at": sent_at.isoformat()}
+            if self.path == bm.PATH_ROBOT:
+                robot.send(client, self.address, self.rendered.message)
+                return {"errcode": 0, "sent_at": sent_at.isoformat()}
+            touser, toparty, totag = self.address
+            named = {member_key(u) for u in touser if u != "@all"}
+            # message/send counts named users itself; recipients reached through departments, tags or
+            # @all are taken from the budget here (the mirror's view of who they are).
+            extra = [u for u in self.members if member_key(u) not in named]
+            client.spend(
+                [
+                    Ask(limit.name, member_key(u))
+                    for u in extra
+                    for limit in (MESSAGE_MEMBER_MINUTE, MESSAGE_MEMBER_HOUR)
+                ]
+            )
+            result = message.send(
+                client, self.rendered.message, touser=touser, toparty=toparty, totag=totag, safe=self.rendered.safe
+            )
+            note = ""
+            rejected = [*result.invaliduser, *result.invalidparty, *result.invalidtag]
+            if rejected:
+                note = "部分接收人无效 / some recipients were rejected: " + ", ".join(map(str, rejected))[:500]
+            return {"errcode": 0, "msgid": result.msgid, "note": note, "sent_at": sent_at.isoformat()}
+
+
+def _message_address(session, row: Bulletin, chunk: int) -> tuple[tuple[list[str], list[int], list[int]], list[str]]:
+    """The (touser, toparty, totag) of one message/send call, and the recipients it reaches per the
+    mirror. Departments and tags ride with the first chunk of users."""
+    users = list(row.targets.get("users", []))
+    part = users[chunk * MESSAGE_USERS_PER_CALL : (chunk + 1) * MESSAGE_USERS_PER_CALL]
+    departments = list(row.targets.get("departments", [])) if chunk == 0 else []
+    tags = list(row.targets.get("tags", [])) if chunk == 0 else []
+    if part == ["@all"]:
+        members = list(session.scalars(sa.select(Person.userid).where(Person.status == 1)))
+        return (["@all"], [], []), members
+    reached = set(part)
+    if departments:
+        reached.update(_department_members(session, departments))
+    if tags:
+        reached.update(
+            session.scalars(
+                sa.select(Person.userid).join(TagMember, TagMember.person_id == Person.id)
+                .where(TagMember.tag_id.in_(tags), Person.status == 1)
+            )
+        )  # fmt: skip
+        party_ids = [p for tag in session.scalars(sa.select(Tag).where(Tag.id.in_(tags))) for p in tag.party_ids or []]
+        reached.update(_department_members(session, party_ids))
+    return (part, departments, tags), sorted(reached)
+
+
+def _department_members(session, department_ids: Iterable[int]) -> set[str]:
+    rows = session.execute(sa.select(Department.id, Department.parent_id).where(Department.deleted_at.is_(None))).all()
+    children: dict[int, list[int]] = {}
+    for dep_id, parent in rows:
+        children.setdefault(parent, []).append(dep_id)
+    subtree, stack = set(), list(department_ids)
+    while stack:
+        current = stack.pop()
+        if current not in subtree:
+            subtree.add(current)
+            stack.extend(children.get(current, []))
+    people = session.execute(sa.select(Person.userid, Person.departments).where(Person.status == 1)).all()
+    return {userid for userid, deps in people if subtree.intersection(deps or [])}
+
+
+def _settle_run(run_id: int) -> None:
+    """Close the run once no delivery is open: done if every delivery was sent (or skipped by a
+    quiet window), partial otherwise."""
+    with _tx() as s:
+        states = list(s.execute(sa.select(DELIVERY.c.state, DELIVERY.c.attempt, DELIVERY.c.target)
+                                .where(DELIVERY.c.run_id == run_id).order_by(DELIVERY.c.attempt)))  # fmt: skip
+        latest: dict[str, str] = {}
+        for state, _attempt, target in states:
+            latest[target] = state
+        if not latest or any(state in OPEN_STATES for state in latest.values()):
+            return
+        final = "done" if all(state in ("sent", "skipped") for state in latest.values()) else "partial"
+        s.execute(
+            sa.update(RUN)
+            .where(RUN.c.id == run_id, RUN.c.state.in_(("running", "done", "partial")))
+            .values(state=final, finished_at=db_now(s))
+        )
+
+
+def _push_deadlines(run_id: int, seconds: float) -> None:
+    with _tx() as s:
+        now = db_now(s)
+        rows = s.execute(
+            sa.select(DELIVERY.c.id, DELIVERY.c.due_at, DELIVERY.c.deadline_at).where(
+                DELIVERY.c.run_id == run_id, DELIVERY.c.state == "pending"
+            )
+        ).all()
+        for delivery_id, due, deadline in rows:
+            grace = deadline - due
+            wanted = now + timedelta(seconds=seconds) + grace
+            if wanted > deadline:
+                s.execute(sa.update(DELIVERY).where(DELIVERY.c.id == delivery_id).values(deadline_at=wanted))
+
+
+def _missed_reason(d, now: datetime) -> str:
+    late = int((now - d.due_at).total_seconds())
+    return f"超过宽限未发出（晚 {late} 秒），未补发 / not started within grace ({late} s late); not sent"
+
+
+def _step_detail(s, job_id: int, target: str) -> dict[str, Any] | None:
+    return s.execute(sa.select(STEP.c.detail).where(STEP.c.job_id == job_id, STEP.c.target == target)).scalar()
+
+
+def _errcode(exc: Exception) -> int | None:
+    return getattr(exc, "errcode", None) if isinstance(exc, WeComError) else None
+
+
+def _errcode_text(text: str) -> int | None:
+    import re
+
+    match = re.search(r"errcode[ =:]*(\d+)", text or "")
+    return int(match.group(1)) if match else None
+
+
+def _parse(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+class _tx:
+    """A short transaction on ``db.session``, committed on success."""
+
+    def __enter__(self):
+        return db.session
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            db.session.commit()
+        else:
+            db.session.rollback()
+        return False
+
+
+# --- operator actions -----------------------------------------------------------------------------
+def resend(session, delivery_id: int, *, actor: str, reason: str) -> BulletinDelivery:
+    """An operator's explicit resend of an ``unknown`` or ``failed`` delivery: a new attempt row and a
+    job to send it now (quiet windows and grace do not apply: a person decided). Not committed."""
+    d = session.get(BulletinDelivery, delivery_id) if 0 < delivery_id < 2**62 else None
+    if d is None:
+        raise bulletins.BulletinError([("", f"发送记录 {delivery_id} 不存在", f"delivery {delivery_id} does not exist")],
+                                      status=404)  # fmt: skip
+    if d.state not in ("unknown", "failed", "missed"):
+        raise bulletins.BulletinError(
+            [("", f"只有结果未知、失败或错过的发送可以重发（当前：{d.state}）",
+              f"only unknown, failed or missed deliveries can be resent (this one is {d.state})")], status=409)  # fmt: skip
+    later = session.execute(
+        sa.select(DELIVERY.c.id).where(
+            DELIVERY.c.run_id == d.run_id, DELIVERY.c.target == d.target, DELIVERY.c.attempt > d.attempt
+        )
+    ).first()
+    if later is not None:
+        raise bulletins.BulletinError([("", "该发送已重发过", "this delivery was already resent")], status=409)
+    if not reason.strip():
+        raise bulletins.BulletinError([("reason", "重发需要说明原因", "a resend needs a reason")])
+    now = db_now(session)
+    new = BulletinDelivery(
+        delivery_id=uuid.uuid4().hex, run_id=d.run_id, bulletin_id=d.bulletin_id, target=d.target,
+        attempt=d.attempt + 1, state="pending", scheduled_at=d.scheduled_at, due_at=now, deadline_at=now,
+        reason=f"人工重发 / resent by {actor}: {reason}", resend_of=d.id, updated_at=now,
+    )  # fmt: skip
+    session.add(new)
+    session.flush()
+    enqueue(bulletins.JOB_NAME, {"deliveries": [new.id], "resend_of": d.id}, session=session)
+    session.execute(sa.update(RUN).where(RUN.c.id == d.run_id).values(state="running", finished_at=None))
+    audit.record(actor, "bulletins.resend", target=f"bulletin:{d.bulletin_id}", reason=reason,
+                 detail={"delivery": d.id, "new_delivery": new.id, "previous_state": d.state}, session=session)  # fmt: skip
+    return new

@@ -421,3 +421,11 @@ _register_groups_commands(cli)
 from wecom_plugin.cli_offboard import register as _register_offboard_commands  # noqa: E402
 
 _register_offboard_commands(cli)
+
+from wecom_plugin.cli_calendar import register as _register_calendar_commands  # noqa: E402
+
+_register_calendar_commands(cli)
+
+from wecom_plugin.cli_bulletins import register as _register_bulletin_commands  # noqa: E402
+
+_register_bulletin_commands(cli)

@@ -29,7 +29,7 @@ ERROR_MESSAGES = {
 
 
 def init_app(app: Flask) -> None:
-    from wecom_plugin.web import api, api_groups, api_offboarding, callback, health  # noqa: F401 - routes on api.bp
+    from wecom_plugin.web import api, api_bulletins, api_groups, api_offboarding, callback, health  # noqa: F401 - routes on api.bp
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)

@@ -162,7 +162,7 @@ def test_create_read_replace_pause_resume_and_delete(setup):
     bulletin_id = view["id"]
     assert made.headers["Location"] == f"/api/v1/bulletins/{bulletin_id}"
     assert view["targets"]["chats"] == [group_id] and view["owner"] == "api:oa" and view["version"] == 1
-    assert view["targets"]["robots"] == [{"name": "值班机器人", "key_hint": "…T777"}]
+    assert view["targets"]["robots"] == [{"name": "值班机器人", "chat": "", "key_hint": "…T777"}]
     assert view["schedule"]["days"] == {"rule": "workdays"} and view["next_run_at"]
 
     assert http("GET", f"/bulletins/{bulletin_id}").get_json() == view

@@ -96,7 +96,7 @@ def test_create_show_list_update_pause_resume_and_delete(setup, tmp_path):
     assert made.exit_code == 0, made.output
     view = json.loads(made.output)
     assert view["targets"]["chats"] == [group_id] and view["version"] == 1
-    assert view["targets"]["robots"] == [{"name": "值班机器人", "key_hint": "…0042"}]
+    assert view["targets"]["robots"] == [{"name": "值班机器人", "chat": "", "key_hint": "…0042"}]
     assert view["owner"] == "user:wangxin" and view["next_run_at"]
 
     shown = run(app, "show", "每日安全生产通报")

@@ -3,7 +3,7 @@ what the members receive is what the bulletin says (read back from the sandbox t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from tests.bulletins.support import (
@@ -92,3 +92,60 @@ def test_a_worker_picking_the_job_up_after_grace_records_missed_and_alerts(tenan
     assert chat_messages(emulator, chatid) == []
     assert [r.state for r in runs(tenant_app, bulletin_id)] == ["partial"]
     assert any(a.key == f"bulletin.missed:{bulletin_id}" for a in all_rows(tenant_app, Alert))
+
+
+def first_year_without_data() -> int:
+    from wecom_plugin.domain.workdays import WorkdayCalendar
+
+    year = datetime.now(UTC).year
+    while WorkdayCalendar().has_data(year):
+        year += 1
+    return year
+
+
+def fire_at(app, bulletin_id: int, when: datetime) -> None:
+    """Enqueue the occurrence as the clock would (the clock's own path is covered above)."""
+    from wecom_plugin.extensions import db
+    from wecom_plugin.runtime.queue import enqueue
+
+    with app.app_context():
+        enqueue("bulletins.fire", {"bulletin_id": bulletin_id, "scheduled_at": when.isoformat()})
+        db.session.commit()
+
+
+def test_a_workday_bulletin_in_a_year_without_official_data_is_held_and_alerted(tenant_app, emulator):
+    from tests.groups.check_support import rows as all_rows
+    from wecom_plugin.models.ops import Alert
+
+    members = people(emulator, 2)
+    group_id, chatid = governed_chat(tenant_app, members)
+    bulletin_id = create(tenant_app, text_doc(chats=[group_id], rule={"rule": "workdays"}))
+    year = first_year_without_data()
+    monday = next(datetime(year, 1, d, 9, 0, tzinfo=SHANGHAI) for d in range(4, 11) if date(year, 1, d).weekday() == 0)
+    fire_at(tenant_app, bulletin_id, monday.astimezone(UTC))
+    run_worker(tenant_app)
+    [run] = runs(tenant_app, bulletin_id)
+    assert run.state == "held" and str(year) in run.reason
+    assert deliveries(tenant_app, bulletin_id) == []
+    assert chat_messages(emulator, chatid) == []
+    assert any(a.key == f"bulletin.held:{bulletin_id}" for a in all_rows(tenant_app, Alert))
+
+
+def test_with_the_weekdays_fallback_the_same_day_is_sent_and_says_why(make_app, db_url, emulator):
+    from tests.groups.check_support import sync
+
+    app = make_app(
+        DATABASE_URL=db_url, **emulator.plugin_settings(), CUSTOMER_GROUP_HANDOVER="off", CALENDAR_FALLBACK="weekdays"
+    )
+    sync(app)
+    members = people(emulator, 2)
+    group_id, chatid = governed_chat(app, members)
+    bulletin_id = create(app, text_doc(chats=[group_id], rule={"rule": "workdays"}))
+    year = first_year_without_data()
+    monday = next(datetime(year, 1, d, 9, 0, tzinfo=SHANGHAI) for d in range(4, 11) if date(year, 1, d).weekday() == 0)
+    fire_at(app, bulletin_id, monday.astimezone(UTC))
+    run_worker(app)
+    assert [d.state for d in deliveries(app, bulletin_id)] == ["sent"]
+    assert len([m for m in chat_messages(emulator, chatid) if m.path == "appchat"]) == 1
+    [run] = runs(app, bulletin_id)
+    assert run.state == "done" and "CALENDAR_FALLBACK=weekdays" in run.reason

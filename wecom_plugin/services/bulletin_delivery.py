@@ -120,6 +120,8 @@ def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
                 _close_run(session, run_id, "held", f"{verdict.zh} / {verdict.en}", now)
                 _alert_held(session, row, local, verdict)
             else:
+                # Why this day is a day of the rule (a make-up Saturday, or the fallback's assumption).
+                session.execute(sa.update(RUN).where(RUN.c.id == run_id).values(reason=f"{verdict.zh} / {verdict.en}"))
                 _create_deliveries(session, ctx, row, run_id, scheduled, now)
         session.commit()
         return run_id
@@ -193,8 +195,14 @@ def _create_deliveries(session, ctx, row: Bulletin, run_id: int, scheduled: date
                 reason = f"免打扰时段 {window}，按设置跳过 / quiet window {window}: skipped"
             else:
                 reason = f"免打扰时段 {window}，紧急通报照发 / quiet window {window}: sent anyway (urgent)"
-                audit.record("bulletins", "bulletins.urgent_in_quiet", target=f"bulletin:{row.id}",
-                             detail={"run_id": run_id, "target": target.key, "window": window}, session=session)  # fmt: skip
+                detail = {"run_id": run_id, "target": target.key, "window": window}
+                audit.record(
+                    "bulletins",
+                    "bulletins.urgent_in_quiet",
+                    target=f"bulletin:{row.id}",
+                    detail=detail,
+                    session=session,
+                )
         session.execute(
             sa.insert(DELIVERY).values(
                 delivery_id=uuid.uuid4().hex, run_id=run_id, bulletin_id=row.id, target=target.key, attempt=1,
@@ -202,7 +210,7 @@ def _create_deliveries(session, ctx, row: Bulletin, run_id: int, scheduled: date
                 updated_at=now,
             )
         )  # fmt: skip
-    for due, keys in deferred.items():
+    for due in deferred:
         enqueue(
             bulletins.JOB_NAME,
             {"run_id": run_id, "bulletin_id": row.id, "deferred_until": due.isoformat()},
@@ -317,7 +325,9 @@ class _Sender:
             robot = next((r for r in row.targets.get("robots", []) if r["name"] == ref), None)
             if robot is None:
                 return f"机器人 {ref} 已从通报中移除 / robot {ref} was removed from the bulletin"
-            name, path, address = ref, bm.PATH_ROBOT, bulletins.robot_key(self.settings, robot)
+            # {{ group_name }} is the robot's chat when the bulletin names it, else the robot's own name.
+            name = robot.get("chat") or ref
+            path, address = bm.PATH_ROBOT, bulletins.robot_key(self.settings, robot)
         else:
             name, path = "", bm.PATH_MESSAGE
             address, members = _message_address(session, row, int(ref or 0))
@@ -537,12 +547,15 @@ def resend(session, delivery_id: int, *, actor: str, reason: str) -> BulletinDel
     job to send it now (quiet windows and grace do not apply: a person decided). Not committed."""
     d = session.get(BulletinDelivery, delivery_id) if 0 < delivery_id < 2**62 else None
     if d is None:
-        raise bulletins.BulletinError([("", f"发送记录 {delivery_id} 不存在", f"delivery {delivery_id} does not exist")],
-                                      status=404)  # fmt: skip
+        raise bulletins.BulletinError(
+            [("", f"发送记录 {delivery_id} 不存在", f"delivery {delivery_id} does not exist")], status=404
+        )
     if d.state not in ("unknown", "failed", "missed"):
         raise bulletins.BulletinError(
             [("", f"只有结果未知、失败或错过的发送可以重发（当前：{d.state}）",
-              f"only unknown, failed or missed deliveries can be resent (this one is {d.state})")], status=409)  # fmt: skip
+              f"only unknown, failed or missed deliveries can be resent (this one is {d.state})")],
+            status=409,
+        )  # fmt: skip
     later = session.execute(
         sa.select(DELIVERY.c.id).where(
             DELIVERY.c.run_id == d.run_id, DELIVERY.c.target == d.target, DELIVERY.c.attempt > d.attempt
@@ -562,6 +575,8 @@ def resend(session, delivery_id: int, *, actor: str, reason: str) -> BulletinDel
     session.flush()
     enqueue(bulletins.JOB_NAME, {"deliveries": [new.id], "resend_of": d.id}, session=session)
     session.execute(sa.update(RUN).where(RUN.c.id == d.run_id).values(state="running", finished_at=None))
-    audit.record(actor, "bulletins.resend", target=f"bulletin:{d.bulletin_id}", reason=reason,
-                 detail={"delivery": d.id, "new_delivery": new.id, "previous_state": d.state}, session=session)  # fmt: skip
+    detail = {"delivery": d.id, "new_delivery": new.id, "previous_state": d.state}
+    audit.record(
+        actor, "bulletins.resend", target=f"bulletin:{d.bulletin_id}", reason=reason, detail=detail, session=session
+    )
     return new

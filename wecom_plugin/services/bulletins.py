@@ -116,7 +116,10 @@ def list_bulletins(session: Session, state: str | None = None) -> list[Bulletin]
 def view(row: Bulletin, session: Session | None = None) -> dict[str, Any]:
     """The bulletin as shown to people and API clients: robot keys appear only as a hint."""
     targets = dict(row.targets or {})
-    targets["robots"] = [{"name": r["name"], "key_hint": r.get("key_hint", "")} for r in targets.get("robots", [])]
+    targets["robots"] = [
+        {"name": r["name"], "chat": r.get("chat", ""), "key_hint": r.get("key_hint", "")}
+        for r in targets.get("robots", [])
+    ]
     out: dict[str, Any] = {
         "id": row.id,
         "name": row.name,
@@ -181,8 +184,9 @@ def save(
             problems.append((_message_path(p.field), p.zh, p.en))
     for group in groups or []:
         if group.confidentiality == "confidential" and not confidential:
-            problems.append(("targets.chats", f"群「{group.name}」登记为保密群，发往该群的通报必须设为保密（confidential: true）",
-                             f"group {group.name!r} is registered as confidential: bulletins to it must be confidential"))  # fmt: skip
+            zh = f"群「{group.name}」登记为保密群，发往该群的通报必须设为保密（confidential: true）"
+            en = f"group {group.name!r} is registered as confidential: bulletins to it must be confidential"
+            problems.append(("targets.chats", zh, en))
     if problems:
         raise BulletinError(problems)
     if scopes is not None:
@@ -227,7 +231,8 @@ def save(
 def _conflict(row: Bulletin, expected: Any) -> BulletinError:
     return BulletinError(
         [("version", f"通报已被他人修改（现为第 {row.version} 版，请求基于第 {expected} 版），请刷新后重试",
-          f"the bulletin changed meanwhile (now version {row.version}, request based on {expected}); reload and retry")],
+          f"the bulletin changed meanwhile (now version {row.version}, request based on {expected}); "
+          "reload and retry")],
         status=409,
     )  # fmt: skip
 
@@ -300,7 +305,7 @@ def _schedule(doc: Any, problems: list) -> dict[str, Any] | None:
 
 def _editable_targets(row: Bulletin) -> dict[str, Any]:
     targets = dict(row.targets or {})
-    targets["robots"] = [{"name": r["name"]} for r in targets.get("robots", [])]
+    targets["robots"] = [{"name": r["name"], "chat": r.get("chat", "")} for r in targets.get("robots", [])]
     return targets
 
 
@@ -369,7 +374,8 @@ def _chats(session: Session, refs: list[Any], problems: list) -> list[GovernedGr
         if group is None:
             problems.append(("targets.chats", f"已备案的群 {ref!r} 不存在", f"registered group {ref!r} does not exist"))
         elif group.status != "active" or not group.chatid:
-            problems.append(("targets.chats", f"群「{group.name}」（{group.id}）未处于使用中（状态 {group.status}），无法发送",
+            problems.append(("targets.chats",
+                             f"群「{group.name}」（{group.id}）未处于使用中（状态 {group.status}），无法发送",
                              f"group {group.name!r} ({group.id}) is not active (status {group.status})"))  # fmt: skip
         elif group.id not in {g.id for g in out}:
             out.append(group)
@@ -392,9 +398,15 @@ def _robots(refs: list[Any], settings: Any, old: Mapping[str, Any], problems: li
         if any(r["name"] == name for r in out):
             problems.append((path, f"机器人名称「{name}」重复", f"duplicate robot name {name!r}"))
             continue
+        unknown = set(ref) - {"name", "key", "chat", "key_hint"}
+        chat = ref.get("chat", "")
+        if unknown or not isinstance(chat, str) or len(chat) > 64:
+            zh = "机器人只有 name、key 和 chat（所在群的名称，供 {{ group_name }} 使用）"
+            problems.append((path, zh, "a robot has name, key and chat (the name of its chat, for {{ group_name }})"))
+            continue
         raw = ref.get("key")
         if raw in (None, "") and name in old:
-            out.append(dict(old[name]))
+            out.append({**old[name], "chat": chat.strip() or old[name].get("chat", "")})
             continue
         try:
             key = webhook_key(raw) if isinstance(raw, str) else ""
@@ -403,7 +415,8 @@ def _robots(refs: list[Any], settings: Any, old: Mapping[str, Any], problems: li
         if not key or len(key) > 200 or any(c.isspace() for c in key):
             problems.append((path, f"机器人「{name}」的 webhook key 无效", f"robot {name!r}: invalid webhook key"))
             continue
-        out.append({"name": name, "key_enc": fernet.encrypt(key.encode()).decode(), "key_hint": "…" + key[-4:]})
+        key_enc = fernet.encrypt(key.encode()).decode()
+        out.append({"name": name, "chat": chat.strip(), "key_enc": key_enc, "key_hint": "…" + key[-4:]})
     return out
 
 
@@ -756,7 +769,7 @@ def _target_names(session: Session, row: Bulletin) -> dict[str, str]:
         ):
             names[f"chat:{gid}"] = name
     for robot in row.targets.get("robots", []):
-        names[f"robot:{robot['name']}"] = robot["name"]
+        names[f"robot:{robot['name']}"] = robot.get("chat") or robot["name"]
     return names
 
 

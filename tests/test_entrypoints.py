@@ -95,6 +95,19 @@ def test_dev_start_runs_the_plugin_against_a_sandbox_tenant(tmp_path):
             return sum("实名" in str(m.get("content")) for m in messages) >= 2
 
         procs.wait_for(welcomed, 30, interval=0.5, what="the welcome messages in the governed chats")
+
+        # Bulletins: saved once the chats exist (值班提醒 then fires in the next minutes; tests/bulletins
+        # prove the firing itself, here it is enough that the demo set them up).
+        def bulletin_names() -> set[str]:
+            out = subprocess.run(
+                [sys.executable, "-m", "wecom_plugin", "bulletins", "list", "--json"],
+                cwd=ROOT, env=_env(WECOM_SANDBOX="true", DATABASE_URL=database), capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            return {b["name"] for b in json.loads(out.stdout)} if out.returncode == 0 else set()
+
+        procs.wait_for(lambda: len(bulletin_names()) == 3, 60, interval=1, what="the demo's bulletins")
+        assert "每日安全生产通报" in bulletin_names()
         # The demo's enforce mode is stored, so a command in another shell sees it too.
         mode = subprocess.run(
             [sys.executable, "-m", "wecom_plugin", "groups", "mode", "--json"],

@@ -17,13 +17,19 @@ feature; today it shows:
   starts in observe mode (GOVERNANCE_MODE).
 * the approval card: a third request (人力资源部) is left waiting; its leader has the interactive card
   (同意 / 驳回) on the tenant's page, and a click through the tenant's admin API decides it.
+* bulletins (通报): once the groups' chats exist, three bulletins are saved. 值班提醒 fires in each of
+  the next few minutes into the 信息技术部 chat, through a group robot in it and to the department's
+  members (message/send), so the tenant page shows them arriving; 每日安全生产通报 follows China's
+  statutory workdays at 09:00; 财务部月结提醒 is confidential (the 财务部 group is registered as
+  保密) and fires on the last workday of each month, outside its quiet windows.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
@@ -140,6 +146,98 @@ def seed_groups(app: Flask) -> list[dict[str, Any]]:
     return seeded
 
 
+DEMO_ROBOT_KEY = "demo-duty-robot-0001"
+BULLETIN_WAIT_SECONDS = 60
+
+
+def demo_bulletin_times(app: Flask, count: int = 3) -> list[str]:
+    """The next ``count`` whole minutes (at least 40 s away), local time: when 值班提醒 fires."""
+    tz = app.extensions["wecom_settings"].tz
+    first = (datetime.now(tz) + timedelta(seconds=100)).replace(second=0, microsecond=0)  # 40-100 s away
+    return [(first + timedelta(minutes=i)).strftime("%H:%M") for i in range(count)]
+
+
+def seed_bulletins(app: Flask, admin_url: str, times: list[str]) -> list[int]:
+    """Wait for the demo groups' chats, add a robot to the 信息技术部 chat, then save the demo bulletins.
+
+    Runs beside the processes (a thread): chats are created by the worker after approval. A bulletin
+    that cannot be saved is logged and skipped."""
+    import requests
+    import sqlalchemy as sa
+
+    from wecom_plugin.extensions import db
+    from wecom_plugin.models.directory import Department
+    from wecom_plugin.models.groups import GovernedGroup
+    from wecom_plugin.services import bulletins
+
+    names = [g[1] for g in DEMO_GROUPS]
+    deadline = time.monotonic() + BULLETIN_WAIT_SECONDS
+    with app.app_context():
+        while True:
+            chats = dict(
+                db.session.execute(
+                    sa.select(GovernedGroup.name, GovernedGroup.id).where(
+                        GovernedGroup.name.in_(names), GovernedGroup.status == "active"
+                    )
+                ).all()
+            )
+            db.session.rollback()
+            if len(chats) == len(names) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        it_group, finance_group = (db.session.get(GovernedGroup, chats[n]) if n in chats else None for n in names)
+        it_dept = db.session.scalars(sa.select(Department.id).where(Department.name == IT_DEPARTMENT)).first()
+        docs = []
+        if it_group is not None:
+            requests.post(
+                f"{admin_url}robots", json={"chatid": it_group.chatid, "key": DEMO_ROBOT_KEY, "name": "值班机器人"},
+                timeout=5,
+            )  # fmt: skip
+            docs.append(
+                {
+                    "name": "值班提醒（演示）",
+                    "message": {"msgtype": "text", "title": "{{ time }} 值班提醒",
+                                "content": "{{ group_name }}：今天（{{ date_zh }}，{{ weekday }}）请按值班表到岗。"},
+                    "targets": {"chats": [it_group.id], "robots": [{"name": "值班机器人", "key": DEMO_ROBOT_KEY,
+                                                                "chat": it_group.name}],
+                                "departments": [it_dept] if it_dept else []},
+                    "schedule": {"times": times, "days": {"rule": "every_day"}},
+                    # Sent even inside the group's quiet window (12:00-13:30), and logged as such.
+                    "quiet_policy": "urgent",
+                }
+            )  # fmt: skip
+            docs.append(
+                {
+                    "name": "每日安全生产通报",
+                    "message": {"msgtype": "markdown", "title": "{{ date_zh }}（{{ weekday }}）安全生产通报",
+                                "content": "请各位于 17:00 前提交**{{ this_week.label }}**安全检查表。"},
+                    "targets": {"chats": [it_group.id]},
+                    "schedule": {"times": ["09:00"], "days": {"rule": "workdays"}},
+                }
+            )  # fmt: skip
+        if finance_group is not None:
+            docs.append(
+                {
+                    "name": "财务部月结提醒",
+                    "message": {"msgtype": "text", "title": "{{ this_month.label }}月结提醒",
+                                "content": "今天是本月最后一个工作日，请于 17:00 前完成报销单据提交。"},
+                    "targets": {"chats": [finance_group.id]},
+                    "schedule": {"times": ["16:00"], "days": {"rule": "days_of_month", "days": ["last_workday"]}},
+                    "confidential": True,
+                }
+            )  # fmt: skip
+        saved = []
+        for doc in docs:
+            try:
+                row = bulletins.save(db.session, doc, actor="demo", settings=app.extensions["wecom_settings"])
+                db.session.commit()
+                saved.append(row.id)
+            except bulletins.BulletinError as exc:
+                db.session.rollback()
+                log.warning("demo bulletin %s not saved: %s", doc["name"], exc)
+        return saved
+
+
 def start(
     *, host: str, port: int, sandbox_port: int, org: str = DEMO_ORG, worker_threads: int = 1, extra: dict | None = None
 ) -> None:
@@ -179,13 +277,19 @@ def start(
             )
             db.session.commit()
         groups = seed_groups(app)
-        print(_banner(host, port, creds, admins, groups), flush=True)
+        times = demo_bulletin_times(app)
+        threading.Thread(
+            target=seed_bulletins, args=(app, creds.admin_url, times), name="demo-bulletins", daemon=True
+        ).start()
+        print(_banner(host, port, creds, admins, groups, times), flush=True)
         run_all_in_one(app, host=host, port=port, worker_threads=worker_threads)
     finally:
         stop_sandbox(server, thread)
 
 
-def _banner(host: str, port: int, creds: Any, admins: list[str], groups: list[dict[str, Any]] = ()) -> str:
+def _banner(
+    host: str, port: int, creds: Any, admins: list[str], groups: list[dict[str, Any]] = (), times: list[str] = ()
+) -> str:
     plugin = f"http://{host}:{port}"
     return "\n".join(
         [
@@ -217,6 +321,12 @@ def _banner(host: str, port: int, creds: Any, admins: list[str], groups: list[di
             ),
             "    `WECOM_SANDBOX=true .venv/bin/wecom-plugin groups list` · `groups show ID --history` ·"
             " `groups audit --group ID` · `groups changes`",
+            f"  通报 bulletins: 值班提醒 fires at {', '.join(times) or '-'} into 信息技术部值班群 (chat, robot and"
+            " the department's members); 每日安全生产通报 on statutory workdays at 09:00; 财务部月结提醒 (保密).",
+            "    `WECOM_SANDBOX=true .venv/bin/wecom-plugin bulletins list` · `bulletins preview 每日安全生产通报"
+            " --next 10` (skipped holidays and 调休 make-up days, with reasons) · `bulletins history 1`",
+            "    `WECOM_SANDBOX=true .venv/bin/wecom-plugin calendar status` (the workday calendar; 2027 awaits"
+            " the State Council's notice: `calendar import FILE`)",
             "  停止 stop: Ctrl-C",
             "",
         ]

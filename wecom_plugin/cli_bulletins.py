@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -513,7 +513,7 @@ def bulletins_preview(ref: str, count: int, start: str | None, as_json: bool) ->
     with _use_case() as session:
         row = bulletins.find(session, ref)
         tz = ZoneInfo(row.timezone)
-        after = _parse_from(start, tz)
+        after = bulletins.preview_start(start, tz)
         result = bulletins.preview(session, row.id, settings=_settings(), count=count, after=after)
         labels = _target_labels(session, result["bulletin"])
         session.rollback()  # a preview changes nothing
@@ -549,21 +549,6 @@ def bulletins_preview(ref: str, count: int, start: str | None, as_json: bool) ->
                 click.echo(f"    [{path_zh} / {path_en}] {m.get('msgtype', '')}{safe}:")
                 for line in str(m["text"]).splitlines() or [""]:
                     click.echo(f"      | {line}")
-
-
-def _parse_from(value: str | None, tz: ZoneInfo) -> datetime | None:
-    """``--from``: an ISO date (its midnight in the bulletin's zone) or date-time (naive: in that zone)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise click.BadParameter(
-            "应为 ISO 8601 日期或时间 / an ISO 8601 date or date-time", param_hint="--from"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=tz)
-    return parsed - timedelta(microseconds=1)  # an occurrence exactly at the start counts
 
 
 @bulletins_group.command("resend")

@@ -36,7 +36,8 @@ def upgrade():
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bulletin')),
-    sa.UniqueConstraint('name', name=op.f('uq_bulletin_name'))
+    sa.UniqueConstraint('name', name=op.f('uq_bulletin_name')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('bulletin', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_bulletin_state'), ['state'], unique=False)
@@ -48,10 +49,12 @@ def upgrade():
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('snapshot', JSON, nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bulletin_run')),
-    sa.UniqueConstraint('bulletin_id', 'scheduled_at', name=op.f('uq_bulletin_run_bulletin_id_scheduled_at'))
+    sa.UniqueConstraint('bulletin_id', 'scheduled_at', name=op.f('uq_bulletin_run_bulletin_id_scheduled_at')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('bulletin_run', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_bulletin_run_bulletin_id'), ['bulletin_id'], unique=False)
@@ -76,7 +79,8 @@ def upgrade():
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_bulletin_delivery')),
     sa.UniqueConstraint('delivery_id', name=op.f('uq_bulletin_delivery_delivery_id')),
-    sa.UniqueConstraint('run_id', 'target', 'attempt', name=op.f('uq_bulletin_delivery_run_id_target_attempt'))
+    sa.UniqueConstraint('run_id', 'target', 'attempt', name=op.f('uq_bulletin_delivery_run_id_target_attempt')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('bulletin_delivery', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_bulletin_delivery_bulletin_id'), ['bulletin_id'], unique=False)

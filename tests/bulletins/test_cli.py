@@ -261,7 +261,7 @@ def test_history_preview_resend_and_variables(setup, tmp_path):
     assert "群「研发部工作群」#1 / group chat #1: 顺延至 09:30 / defer to 09:30（免打扰时段 08:00-09:30" in quiet
     assert "机器人「值班机器人」 / robot '值班机器人': 发送 send" in quiet
     bad_from = run(app, "preview", str(bulletin_id), "--from", "next tuesday")
-    assert bad_from.exit_code == 2 and "--from" in bad_from.output
+    assert bad_from.exit_code == 1 and "from" in bad_from.output and "ISO 8601" in bad_from.output
 
     delivery = _failed_delivery(app, bulletin_id, f"chat:{group_id}")
     history = run(app, "history", "每日安全生产通报")

@@ -90,7 +90,7 @@ def test_a_worker_picking_the_job_up_after_grace_records_missed_and_alerts(tenan
     assert emulator_now  # the clock of the test host is not what decides
     assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["missed"]
     assert chat_messages(emulator, chatid) == []
-    assert [r.state for r in runs(tenant_app, bulletin_id)] == ["partial"]
+    assert [r.state for r in runs(tenant_app, bulletin_id)] == ["missed"]
     assert any(a.key == f"bulletin.missed:{bulletin_id}" for a in all_rows(tenant_app, Alert))
 
 

@@ -84,7 +84,9 @@ def validate(doc: Any) -> dict[str, Any]:
         values = days.get("days")
         ok = isinstance(values, list) and values
         for value in values if ok else ():
-            if isinstance(value, bool) or not (value in range(1, 32) or value in MONTH_WORDS):
+            if isinstance(value, bool) or not (
+                (isinstance(value, int) and 1 <= value <= 31) or (isinstance(value, str) and value in MONTH_WORDS)
+            ):
                 ok = False
         if not ok:
             raise SpecError(f'"days_of_month" lists "days" 1-31 and/or {", ".join(MONTH_WORDS)}')
@@ -129,6 +131,8 @@ def validate(doc: Any) -> dict[str, Any]:
 def _date(value: Any, name: str) -> date | None:
     if value in (None, ""):
         return None
+    if isinstance(value, datetime):
+        raise SpecError(f"{name}: a date is written YYYY-MM-DD, without a time; got {value!r}")
     if isinstance(value, date):
         return value
     try:

@@ -68,8 +68,9 @@ def parse(expression: str) -> Cron:
         days=sets[2],
         months=sets[3],
         weekdays=weekdays,
-        days_restricted=parts[2] != "*",
-        weekdays_restricted=parts[4] != "*",
+        # Vixie cron: a day field starting with "*" (also "*/2") counts as unrestricted.
+        days_restricted=not parts[2].startswith("*"),
+        weekdays_restricted=not parts[4].startswith("*"),
     )
     if len(cron.minutes) * len(cron.hours) > MAX_TIMES_PER_DAY:
         raise CronError(f"at most {MAX_TIMES_PER_DAY} times a day")

@@ -28,6 +28,9 @@ class Bulletin(Base):
     """
 
     __tablename__ = "bulletin"
+    # Ids are never reused (SQLite would reuse the highest after a delete): queued work, history and
+    # alerts name a bulletin by id, and must never reach a newer bulletin.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
@@ -48,13 +51,13 @@ class Bulletin(Base):
 class BulletinRun(Base):
     """One occurrence of a bulletin that reached a worker. Unique on (bulletin, scheduled time).
 
-    ``state``: running, done, partial (some target failed, was missed or is unknown), missed (no
-    target was started within grace), held (the workday calendar has no data for the day and
+    ``state``: running, done, partial (some target failed, was missed, cancelled or is unknown),
+    missed (no target was started within grace), held (the workday calendar has no data for the day and
     CALENDAR_FALLBACK=hold), skipped (not a day of the rule after all, or the bulletin was paused).
     """
 
     __tablename__ = "bulletin_run"
-    __table_args__ = (sa.UniqueConstraint("bulletin_id", "scheduled_at"),)
+    __table_args__ = (sa.UniqueConstraint("bulletin_id", "scheduled_at"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     bulletin_id: Mapped[int] = mapped_column(sa.Integer, index=True)
@@ -62,6 +65,9 @@ class BulletinRun(Base):
     state: Mapped[str] = mapped_column(sa.String(16), default="running")
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     version: Mapped[int] = mapped_column(sa.Integer, default=1)  # the bulletin version that ran
+    # What this occurrence sends (message, confidentiality, zone), fixed when it opened: an edit takes
+    # effect from the next occurrence, not in the middle of a deferred or budget-paced one.
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -72,13 +78,15 @@ class BulletinDelivery(Base):
     ``delivery_id`` is ours (WeCom returns a ``msgid`` only for message/send). ``state``: pending,
     deferred (in a quiet window; ``due_at`` is the window's end), sent, failed (WeCom refused it;
     ``errcode``), unknown (the outcome cannot be known: never repeated automatically), missed (not
-    started within grace of ``due_at``), skipped (quiet window with policy skip). ``deadline_at`` is
+    started within grace of ``due_at``), skipped (quiet window with policy skip, or superseded by a
+    later occurrence deferred to the same time), cancelled (the bulletin was paused, deleted or no
+    longer lists the target before it was sent). ``deadline_at`` is
     ``due_at`` plus the misfire grace, pushed back while our own send budget makes it wait.
     ``resend_of`` links an operator's explicit resend to the delivery it repeats.
     """
 
     __tablename__ = "bulletin_delivery"
-    __table_args__ = (sa.UniqueConstraint("run_id", "target", "attempt"),)
+    __table_args__ = (sa.UniqueConstraint("run_id", "target", "attempt"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     delivery_id: Mapped[str] = mapped_column(sa.String(32), unique=True)

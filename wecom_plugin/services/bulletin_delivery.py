@@ -43,7 +43,7 @@ from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery, BulletinRu
 from wecom_plugin.models.dbtime import db_now
 from wecom_plugin.models.directory import Department, Person, Tag, TagMember
 from wecom_plugin.models.groups import ChatMember, GovernedGroup
-from wecom_plugin.models.jobs import JobStep
+from wecom_plugin.models.jobs import JobStep, Schedule
 from wecom_plugin.runtime.queue import enqueue
 from wecom_plugin.services import audit, bulletins
 from wecom_plugin.services.alerts import raise_alert
@@ -52,10 +52,11 @@ from wecom_plugin.wecom.errors import WeComError
 log = logging.getLogger("wecom_plugin.bulletins")
 
 RUN = BulletinRun.__table__
+SCHEDULE = Schedule.__table__
 DELIVERY = BulletinDelivery.__table__
 STEP = JobStep.__table__
 MESSAGE_USERS_PER_CALL = 1000
-OPEN_STATES = ("pending", "deferred")
+OPEN_STATES = ("pending", "deferred")  # closed: sent failed unknown missed skipped cancelled
 
 
 def fire(ctx) -> dict[str, Any]:
@@ -89,6 +90,13 @@ def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
         if existing is not None:
             return existing
         now = db_now(session)
+        snapshot = {
+            "message": row.message,
+            "confidential": row.confidential,
+            "timezone": row.timezone,
+            "quiet_policy": row.quiet_policy,
+            "grace": row.misfire_grace_seconds,
+        }
         run_id = session.execute(
             insert_for(session, RUN)
             .values(
@@ -97,6 +105,7 @@ def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
                 state="running",
                 reason="",
                 version=row.version,
+                snapshot=snapshot,
                 created_at=now,
             )  # fmt: skip
             .on_conflict_do_nothing(index_elements=["bulletin_id", "scheduled_at"])
@@ -109,25 +118,39 @@ def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
             ).scalar_one()
         tz = ZoneInfo(row.timezone)
         local = scheduled.astimezone(tz)
+        calendar = load_calendar(session.connection(), ctx.settings.calendar_fallback)
+        verdict = bulletin_schedule.day_verdict(row.schedule, local.date(), calendar)
         if row.state != "active":
             _close_run(session, run_id, "skipped", "通报已暂停 / the bulletin is paused", now)
+        elif verdict.state == bulletin_schedule.NO:
+            _close_run(session, run_id, "skipped", f"{verdict.zh} / {verdict.en}", now)
+        elif verdict.state == bulletin_schedule.HOLD:
+            _close_run(session, run_id, "held", f"{verdict.zh} / {verdict.en}", now)
+            _alert_held(session, row, local, verdict)
+        elif _schedule_changed_since(session, row.id, ctx.payload):
+            # The schedule was edited after the clock materialised this occurrence: an edit takes
+            # effect from the next occurrence of the new schedule, never at a time it no longer has.
+            _close_run(session, run_id, "skipped", "发送时间已修改 / the schedule was changed", now)
         else:
-            calendar = load_calendar(session.connection(), ctx.settings.calendar_fallback)
-            verdict = bulletin_schedule.day_verdict(row.schedule, local.date(), calendar)
-            if verdict.state == bulletin_schedule.NO:
-                _close_run(session, run_id, "skipped", f"{verdict.zh} / {verdict.en}", now)
-            elif verdict.state == bulletin_schedule.HOLD:
-                _close_run(session, run_id, "held", f"{verdict.zh} / {verdict.en}", now)
-                _alert_held(session, row, local, verdict)
-            else:
-                # Why this day is a day of the rule (a make-up Saturday, or the fallback's assumption).
-                session.execute(sa.update(RUN).where(RUN.c.id == run_id).values(reason=f"{verdict.zh} / {verdict.en}"))
-                _create_deliveries(session, ctx, row, run_id, scheduled, now)
+            # Why this day is a day of the rule (a make-up Saturday, or the fallback's assumption).
+            session.execute(sa.update(RUN).where(RUN.c.id == run_id).values(reason=f"{verdict.zh} / {verdict.en}"))
+            _create_deliveries(session, ctx, row, run_id, scheduled, now)
         session.commit()
         return run_id
     except BaseException:
         session.rollback()
         raise
+
+
+def _schedule_changed_since(session, bulletin_id: int, payload: dict[str, Any]) -> bool:
+    """True when the schedule's spec changed after this occurrence was materialised (the clock copies
+    the schedule row's payload, which carries a counter of spec changes, into the job)."""
+    if "spec_version" not in payload:
+        return False
+    current = session.execute(
+        sa.select(SCHEDULE.c.payload).where(SCHEDULE.c.key == bulletins.schedule_key(bulletin_id))
+    ).scalar_one_or_none()
+    return current is not None and (current or {}).get("spec_version") != payload["spec_version"]
 
 
 def _close_run(session, run_id: int, state: str, reason: str, now: datetime) -> None:
@@ -154,7 +177,8 @@ class _Target:
 
 
 def targets_of(session, row: Bulletin, settings) -> list[_Target]:
-    """The bulletin's delivery targets, each with the quiet windows that apply to it."""
+    """The bulletin's delivery targets, each with the quiet windows that apply to it (the group's
+    registry entry and BULLETIN_QUIET_WINDOWS, both in WECOM_TIMEZONE)."""
     global_quiet = tuple(settings.bulletin_quiet_windows)
     out: list[_Target] = []
     chat_ids = list(row.targets.get("chats", []))
@@ -177,47 +201,89 @@ def targets_of(session, row: Bulletin, settings) -> list[_Target]:
     return out
 
 
+@dataclass(frozen=True)
+class _Quiet:
+    """What a quiet window does to one send: ``state`` pending (none, or urgent), deferred or skipped."""
+
+    state: str
+    due: datetime | None = None
+    reason: str = ""
+    window: str = ""
+
+
+def _quiet(target: _Target, policy: str, at: datetime, settings) -> _Quiet:
+    hit = bulletins.defer_window(target.quiet, at.astimezone(settings.tz))
+    if hit is None:
+        return _Quiet("pending")
+    window, end = hit
+    if policy == "defer":
+        reason = f"免打扰时段 {window}，顺延至 {end.strftime('%H:%M')} / quiet window {window}: deferred"
+        return _Quiet("deferred", end.astimezone(UTC), reason, window)
+    if policy == "skip":
+        return _Quiet("skipped", None, f"免打扰时段 {window}，按设置跳过 / quiet window {window}: skipped", window)
+    reason = f"免打扰时段 {window}，紧急通报照发 / quiet window {window}: sent anyway (urgent)"
+    return _Quiet("pending", None, reason, window)
+
+
 def _create_deliveries(session, ctx, row: Bulletin, run_id: int, scheduled: datetime, now: datetime) -> None:
-    tz = ZoneInfo(row.timezone)
     grace = timedelta(seconds=row.misfire_grace_seconds)
-    deferred: dict[datetime, list[str]] = {}
     for target in targets_of(session, row, ctx.settings):
-        due, state, reason = scheduled, "pending", ""
-        hit = bulletins.defer_window(target.quiet, scheduled.astimezone(tz))
-        if hit is not None:
-            window, end = hit
-            if row.quiet_policy == "defer":
-                due, state = end.astimezone(scheduled.tzinfo), "deferred"
-                reason = f"免打扰时段 {window}，顺延至 {end.strftime('%H:%M')} / quiet window {window}: deferred"
-                deferred.setdefault(due, []).append(target.key)
-            elif row.quiet_policy == "skip":
-                state = "skipped"
-                reason = f"免打扰时段 {window}，按设置跳过 / quiet window {window}: skipped"
-            else:
-                reason = f"免打扰时段 {window}，紧急通报照发 / quiet window {window}: sent anyway (urgent)"
-                detail = {"run_id": run_id, "target": target.key, "window": window}
-                audit.record(
-                    "bulletins",
-                    "bulletins.urgent_in_quiet",
-                    target=f"bulletin:{row.id}",
-                    detail=detail,
-                    session=session,
-                )
-        session.execute(
-            sa.insert(DELIVERY).values(
+        quiet = _quiet(target, row.quiet_policy, scheduled, ctx.settings)
+        due = quiet.due or scheduled
+        delivery_id = session.execute(
+            sa.insert(DELIVERY)
+            .values(
                 delivery_id=uuid.uuid4().hex, run_id=run_id, bulletin_id=row.id, target=target.key, attempt=1,
-                state=state, scheduled_at=scheduled, due_at=due, deadline_at=due + grace, reason=reason,
+                state=quiet.state, scheduled_at=scheduled, due_at=due, deadline_at=due + grace, reason=quiet.reason,
                 updated_at=now,
             )
-        )  # fmt: skip
-    for due in deferred:
-        enqueue(
-            bulletins.JOB_NAME,
-            {"run_id": run_id, "bulletin_id": row.id, "deferred_until": due.isoformat()},
-            run_after=due,
-            dedupe_key=f"bulletin-deferred:{run_id}:{due.isoformat()}",
-            session=session,
+            .returning(DELIVERY.c.id)
+        ).scalar_one()  # fmt: skip
+        if quiet.window and quiet.state == "pending":
+            _audit_urgent(session, row.id, run_id, target.key, quiet.window)
+        if quiet.state == "deferred":
+            _schedule_deferred(session, row.id, run_id, delivery_id, target.key, due)
+
+
+def _audit_urgent(session, bulletin_id: int, run_id: int, target: str, window: str) -> None:
+    detail = {"run_id": run_id, "target": target, "window": window}
+    audit.record(
+        "bulletins", "bulletins.urgent_in_quiet", target=f"bulletin:{bulletin_id}", detail=detail, session=session
+    )
+
+
+def _schedule_deferred(session, bulletin_id: int, run_id: int, delivery_id: int, target: str, due: datetime) -> None:
+    """Queue the deferred part, and let it supersede older occurrences deferred to the same moment: an
+    hourly bulletin in a night-long window sends once in the morning, not nine times."""
+    superseded = (
+        session.execute(
+            sa.update(DELIVERY)
+            .where(
+                DELIVERY.c.bulletin_id == bulletin_id,
+                DELIVERY.c.target == target,
+                DELIVERY.c.state == "deferred",
+                DELIVERY.c.due_at == due,
+                DELIVERY.c.id != delivery_id,
+            )
+            .values(
+                state="skipped",
+                reason="被同一时刻顺延的较新一次通报取代 / superseded by a later occurrence deferred to the same time",
+            )  # fmt: skip
+            .returning(DELIVERY.c.run_id)
         )
+        .scalars()
+        .all()
+    )
+    enqueue(
+        bulletins.JOB_NAME,
+        {"run_id": run_id, "bulletin_id": bulletin_id, "deferred_until": due.isoformat()},
+        run_after=due,
+        dedupe_key=f"bulletin-deferred:{run_id}:{due.isoformat()}",
+        session=session,
+    )
+    for other in set(superseded):
+        session.flush()
+        _settle_in(session, other)
 
 
 # --- sending --------------------------------------------------------------------------------------
@@ -245,29 +311,58 @@ def _send_due(ctx, run_id: int, due: datetime, *, deferred: bool) -> dict[str, A
 
 
 def _send_listed(ctx, delivery_ids: list[int], *, resend: bool) -> dict[str, Any]:
+    from wecom_plugin.errors import LeaseLostError
+    from wecom_plugin.runtime import registry
+
     outcomes: dict[str, int] = {}
     runs: set[int] = set()
     sender = _Sender(ctx)
-    for delivery_id in delivery_ids:
-        state, run_id = sender.deliver(delivery_id, resend=resend)
-        runs.add(run_id)
-        outcomes[state] = outcomes.get(state, 0) + 1
+    try:
+        for delivery_id in delivery_ids:
+            state, run_id = sender.deliver(delivery_id, resend=resend)
+            runs.add(run_id)
+            outcomes[state] = outcomes.get(state, 0) + 1
+    except (RateLimitedError, LeaseLostError):
+        raise
+    except Exception as exc:
+        # The job will be retried; on its last attempt, close what is still open so no delivery waits
+        # forever and the run is settled (the alert of the dead job says why).
+        max_attempts = registry.get(ctx.name).max_attempts or ctx.settings.job_max_attempts
+        if ctx.attempt >= max_attempts:
+            _fail_open(delivery_ids, f"多次重试仍失败 / failed on every attempt: {describe_error(exc, 300)}")
+        raise
     for run_id in runs:
         _settle_run(run_id)
     return {"deliveries": outcomes}
 
 
+def _fail_open(delivery_ids: list[int], reason: str) -> None:
+    with _tx() as s:
+        rows = (
+            s.execute(
+                sa.update(DELIVERY)
+                .where(DELIVERY.c.id.in_(delivery_ids), DELIVERY.c.state == "pending")
+                .values(state="failed", reason=reason[:2000], updated_at=db_now(s))
+                .returning(DELIVERY.c.run_id)
+            )
+            .scalars()
+            .all()
+        )
+    for run_id in set(rows):
+        _settle_run(run_id)
+
+
 class _Sender:
-    """Sends one delivery at a time within a job; caches the bulletin and the client."""
+    """Sends one delivery at a time within a job."""
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self._bulletins: dict[int, Bulletin] = {}
 
     def deliver(self, delivery_id: int, *, resend: bool) -> tuple[str, int]:
-        """Send delivery ``delivery_id`` if it is still pending; returns its final state and run."""
+        """Send delivery ``delivery_id`` if it is still pending; returns its state and run."""
         session = db.session
+        step = f"d{delivery_id}"
         try:
             d = session.execute(sa.select(DELIVERY).where(DELIVERY.c.id == delivery_id)).first()
             if d is None:
@@ -275,18 +370,21 @@ class _Sender:
             if d.state != "pending":
                 session.rollback()
                 return d.state, d.run_id
-            now = db_now(session)
-            if not resend and now > d.deadline_at:
-                self._finish(session, d, "missed", reason=_missed_reason(d, now))
-                self._alert_missed(session, d, now)
-                session.commit()
-                return "missed", d.run_id
+            if _step_detail_row(session, self.ctx.job_id, step) is not None:
+                # An earlier holder of this job got as far as the call: only the step knows what
+                # happened (done, unknown, failed). Never judge it missed or failed from here.
+                session.rollback()
+                return self._record(d, self.ctx.run_step(step, _already_started)), d.run_id
+            run = session.execute(sa.select(RUN).where(RUN.c.id == d.run_id)).first()
             row = session.get(Bulletin, d.bulletin_id)
-            if row is None:
-                self._finish(session, d, "failed", reason="通报已删除 / the bulletin was deleted")
+            closed = None if resend else self._closed(session, d, row, db_now(session))
+            if closed is not None:
                 session.commit()
-                return "failed", d.run_id
-            plan = self._plan(session, row, d)
+                return closed, d.run_id
+            try:
+                plan = self._plan(session, row, run, d)
+            except Exception as exc:  # noqa: BLE001 - one broken target must not block the others
+                plan = f"无法准备发送 / cannot prepare the send: {type(exc).__name__}: {str(exc)[:300]}"
             session.commit()
         except BaseException:
             session.rollback()
@@ -296,11 +394,11 @@ class _Sender:
                 self._finish(s, d, "failed", reason=plan)
             return "failed", d.run_id
         try:
-            result = self.ctx.run_step(f"d{d.id}", lambda: plan.send(self.ctx, self.settings))
+            result = self.ctx.run_step(step, lambda: plan.send(self.ctx, self.settings))
         except RateLimitedError as exc:
             # Our budget (or WeCom's 45009) says later: the worker reschedules the job without
             # spending an attempt; move the deadlines of what is still open so the wait is no misfire.
-            _push_deadlines(d.run_id, exc.retry_after or 60.0)
+            _push_deadlines(d.run_id, exc.retry_after or 60.0, (run.snapshot or {}).get("grace", 600))
             raise
         except ConfigurationError as exc:
             with _tx() as s:
@@ -308,10 +406,45 @@ class _Sender:
             return "failed", d.run_id
         return self._record(d, result), d.run_id
 
-    def _plan(self, session, row: Bulletin, d) -> _Plan | str:
-        """Everything the call needs, read before it (no transaction stays open across a WeCom call)."""
-        spec = bm.MessageSpec.from_doc(row.message)
-        local = d.scheduled_at.astimezone(ZoneInfo(row.timezone))
+    def _closed(self, session, d, row: Bulletin | None, now: datetime) -> str | None:
+        """Close ``d`` without sending when it must not go out now; None when it should be sent."""
+        if row is None or row.state != "active":
+            why = "通报已删除 / the bulletin was deleted" if row is None else "通报已暂停 / the bulletin is paused"
+            self._finish(session, d, "cancelled", reason=why)
+            return "cancelled"
+        if d.target not in {t.key for t in targets_of(session, row, self.settings)}:
+            self._finish(session, d, "cancelled", reason="已不在通报的发送对象中 / no longer a target of the bulletin")
+            return "cancelled"
+        if now > d.deadline_at:
+            self._finish(session, d, "missed", reason=_missed_reason(d, now))
+            self._alert_missed(session, d, now)
+            return "missed"
+        # A send that waited (a late pickup, our budget) may now fall in a quiet window.
+        target = next(t for t in targets_of(session, row, self.settings) if t.key == d.target)
+        quiet = _quiet(target, row.quiet_policy, now, self.settings)
+        if quiet.state == "deferred":
+            grace = d.deadline_at - d.due_at
+            session.execute(
+                sa.update(DELIVERY)
+                .where(DELIVERY.c.id == d.id)
+                .values(state="deferred", due_at=quiet.due, deadline_at=quiet.due + grace, reason=quiet.reason)
+            )
+            _schedule_deferred(session, d.bulletin_id, d.run_id, d.id, d.target, quiet.due)
+            return "deferred"
+        if quiet.state == "skipped":
+            self._finish(session, d, "skipped", reason=quiet.reason)
+            return "skipped"
+        if quiet.window and d.due_at <= now and not d.reason:
+            _audit_urgent(session, d.bulletin_id, d.run_id, d.target, quiet.window)
+        return None
+
+    def _plan(self, session, row: Bulletin, run, d) -> _Plan | str:
+        """Everything the call needs, read before it (no transaction stays open across a WeCom call).
+        The message is the one the occurrence opened with (its snapshot)."""
+        snapshot = run.snapshot if run is not None and run.snapshot else {}
+        spec = bm.MessageSpec.from_doc(snapshot.get("message", row.message))
+        confidential = snapshot.get("confidential", row.confidential)
+        local = d.scheduled_at.astimezone(ZoneInfo(snapshot.get("timezone", row.timezone)))
         kind, _, ref = d.target.partition(":")
         members: list[str] = []
         if kind == "chat":
@@ -331,12 +464,13 @@ class _Sender:
         else:
             name, path = "", bm.PATH_MESSAGE
             address, members = _message_address(session, row, int(ref or 0))
+            accounts = session.scalar(sa.select(sa.func.count()).select_from(Person).where(Person.status != 5)) or 1
         context = bm.template_context(local, group_name=name, bulletin_name=row.name)
         try:
-            rendered = bm.render(spec, path, context, confidential=row.confidential)
+            rendered = bm.render(spec, path, context, confidential=confidential)
         except bm.BulletinMessageError as exc:
             return "消息无法发送 / the message cannot be sent: " + str(exc)
-        return _Plan(path, address, rendered, members)
+        return _Plan(path, address, rendered, members, accounts if path == bm.PATH_MESSAGE else 0)
 
     def _record(self, d, result) -> str:
         outcome = result.outcome
@@ -393,13 +527,27 @@ class _Plan:
     address: Any  # chatid | robot key | (touser, toparty, totag)
     rendered: Any  # bm.Rendered
     members: list[str]  # for the budget: the chat's members, or message/send's expanded recipients
+    accounts: int = 0  # message/send: the directory's accounts, for WeCom's per-app daily cap (× 200)
 
     def send(self, ctx, settings) -> dict[str, Any]:
-        from wecom_plugin.services.wecom import client_for
+        from wecom_plugin.services.wecom import budget_for, client_for
         from wecom_plugin.wecom.api import appchat, message, robot
-        from wecom_plugin.wecom.budget import MESSAGE_MEMBER_HOUR, MESSAGE_MEMBER_MINUTE, Ask, member_key
+        from wecom_plugin.wecom.budget import (
+            CORP,
+            MESSAGE_MEMBER_HOUR,
+            MESSAGE_MEMBER_MINUTE,
+            Ask,
+            member_key,
+            message_app_day,
+        )
 
-        with client_for(ctx.app, guard=ctx.ensure_lease) as client:
+        options: dict[str, Any] = {}
+        app_day = message_app_day(self.accounts)
+        if self.path == bm.PATH_MESSAGE:
+            # WeCom's cap is the licence's accounts × 200 person-times a day; the directory's accounts
+            # are a lower bound of the licence, so the budget errs on the safe side.
+            options["budget"] = budget_for(db.engine, settings, extra=[app_day])
+        with client_for(ctx.app, guard=ctx.ensure_lease, **options) as client:
             sent_at = datetime.now(UTC)
             if self.path == bm.PATH_APPCHAT:
                 appchat.send(client, self.address, self.rendered.message, safe=self.rendered.safe, members=self.members)
@@ -418,6 +566,7 @@ class _Plan:
                     for u in extra
                     for limit in (MESSAGE_MEMBER_MINUTE, MESSAGE_MEMBER_HOUR)
                 ]
+                + [Ask(app_day.name, CORP, max(1, len(self.members)))]
             )
             result = message.send(
                 client, self.rendered.message, touser=touser, toparty=toparty, totag=totag, safe=self.rendered.safe
@@ -470,37 +619,52 @@ def _department_members(session, department_ids: Iterable[int]) -> set[str]:
 
 
 def _settle_run(run_id: int) -> None:
-    """Close the run once no delivery is open: done if every delivery was sent (or skipped by a
-    quiet window), partial otherwise."""
     with _tx() as s:
-        states = list(s.execute(sa.select(DELIVERY.c.state, DELIVERY.c.attempt, DELIVERY.c.target)
-                                .where(DELIVERY.c.run_id == run_id).order_by(DELIVERY.c.attempt)))  # fmt: skip
-        latest: dict[str, str] = {}
-        for state, _attempt, target in states:
-            latest[target] = state
-        if not latest or any(state in OPEN_STATES for state in latest.values()):
-            return
-        final = "done" if all(state in ("sent", "skipped") for state in latest.values()) else "partial"
+        _settle_in(s, run_id)
+
+
+def _settle_in(s, run_id: int) -> None:
+    """Close the run once no delivery is open (the latest attempt per target counts): done if every
+    target was sent (or skipped by a quiet window), missed if every one was missed, partial otherwise."""
+    states = s.execute(
+        sa.select(DELIVERY.c.state, DELIVERY.c.target).where(DELIVERY.c.run_id == run_id).order_by(DELIVERY.c.attempt)
+    ).all()
+    latest: dict[str, str] = {}
+    for state, target in states:
+        latest[target] = state
+    if not latest or any(state in OPEN_STATES for state in latest.values()):
+        return
+    if all(state in ("sent", "skipped") for state in latest.values()):
+        final = "done"
+    elif all(state == "missed" for state in latest.values()):
+        final = "missed"
+    else:
+        final = "partial"
+    s.execute(
+        sa.update(RUN)
+        .where(RUN.c.id == run_id, RUN.c.state.in_(("running", "done", "partial", "missed")))
+        .values(state=final, finished_at=db_now(s))
+    )
+
+
+def _push_deadlines(run_id: int, seconds: float, grace_seconds: int) -> None:
+    """Our budget makes the run's open deliveries wait ``seconds``: each deadline becomes the end of the
+    wait plus the bulletin's grace (never the grace added again on every wait)."""
+    with _tx() as s:
+        wanted = db_now(s) + timedelta(seconds=seconds + grace_seconds)
         s.execute(
-            sa.update(RUN)
-            .where(RUN.c.id == run_id, RUN.c.state.in_(("running", "done", "partial")))
-            .values(state=final, finished_at=db_now(s))
+            sa.update(DELIVERY)
+            .where(DELIVERY.c.run_id == run_id, DELIVERY.c.state == "pending", DELIVERY.c.deadline_at < wanted)
+            .values(deadline_at=wanted)
         )
 
 
-def _push_deadlines(run_id: int, seconds: float) -> None:
-    with _tx() as s:
-        now = db_now(s)
-        rows = s.execute(
-            sa.select(DELIVERY.c.id, DELIVERY.c.due_at, DELIVERY.c.deadline_at).where(
-                DELIVERY.c.run_id == run_id, DELIVERY.c.state == "pending"
-            )
-        ).all()
-        for delivery_id, due, deadline in rows:
-            grace = deadline - due
-            wanted = now + timedelta(seconds=seconds) + grace
-            if wanted > deadline:
-                s.execute(sa.update(DELIVERY).where(DELIVERY.c.id == delivery_id).values(deadline_at=wanted))
+def _already_started() -> Any:
+    raise AssertionError("a step that already started is never run again")  # run_step never calls it
+
+
+def _step_detail_row(s, job_id: int, target: str):
+    return s.execute(sa.select(STEP.c.state).where(STEP.c.job_id == job_id, STEP.c.target == target)).first()
 
 
 def _missed_reason(d, now: datetime) -> str:
@@ -572,7 +736,13 @@ def resend(session, delivery_id: int, *, actor: str, reason: str) -> BulletinDel
         reason=f"人工重发 / resent by {actor}: {reason}", resend_of=d.id, updated_at=now,
     )  # fmt: skip
     session.add(new)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.flush()
+    except sa.exc.IntegrityError:
+        raise bulletins.BulletinError(
+            [("", "该发送已重发过", "this delivery was already resent")], status=409
+        ) from None
     enqueue(bulletins.JOB_NAME, {"deliveries": [new.id], "resend_of": d.id}, session=session)
     session.execute(sa.update(RUN).where(RUN.c.id == d.run_id).values(state="running", finished_at=None))
     detail = {"delivery": d.id, "new_delivery": new.id, "previous_state": d.state}

@@ -48,6 +48,7 @@ STATES = ("active", "paused")
 NAME_RE = re.compile(r"^\S(.{0,62}\S)?$")
 ROBOT_NAME_MAX = 32
 MAX_TARGET_ITEMS = 1000
+MAX_PARTIES_OR_TAGS = 100
 FIELDS = {"name", "message", "targets", "schedule", "timezone", "confidential", "quiet_policy",
           "misfire_grace_minutes", "state", "version"}  # fmt: skip
 TARGET_FIELDS = {"chats", "robots", "users", "departments", "tags"}
@@ -333,6 +334,10 @@ def _targets(
     users = _users(session, lists["users"], problems)
     departments = _ids(session, Department, lists["departments"], "departments", problems)
     tags = _ids(session, Tag, lists["tags"], "tags", problems)
+    for kind, ids in (("departments", departments), ("tags", tags)):
+        if len(ids) > MAX_PARTIES_OR_TAGS:  # message/send takes at most 100 of each per call (§4)
+            problems.append((f"targets.{kind}", f"至多 {MAX_PARTIES_OR_TAGS} 个（企业微信每次发送的上限）",
+                             f"at most {MAX_PARTIES_OR_TAGS} (WeCom's limit per message/send)"))  # fmt: skip
     paths: set[str] = set()
     if groups:
         paths.add(bm.PATH_APPCHAT)
@@ -525,20 +530,34 @@ def _sync_schedule(session: Session, row: Bulletin, now: datetime) -> None:
     spec = {"kind": bulletin_schedule.KIND, **row.schedule}
     existing = session.execute(sa.select(SCHEDULE).where(SCHEDULE.c.key == key)).first()
     enabled = row.state == "active"
+    changed = existing is None or existing.spec != spec or existing.timezone != row.timezone
+    # Counts spec changes; the clock copies it into each occurrence's job, so an occurrence
+    # materialised before an edit is not sent at a time the schedule no longer has.
+    spec_version = ((existing.payload or {}).get("spec_version", 0) if existing is not None else 0) + int(changed)
     values = {
         "job_name": JOB_NAME,
-        "payload": {"bulletin_id": row.id},
+        "payload": {"bulletin_id": row.id, "spec_version": spec_version},
         "misfire_grace_seconds": row.misfire_grace_seconds,
         "coalesce": True,
         "alert_on_miss": True,
         "enabled": enabled,
         "updated_at": now,
     }
-    changed = existing is None or existing.spec != spec or existing.timezone != row.timezone
     resumed = existing is not None and enabled and not existing.enabled
     if changed or resumed:
         calendar = load_calendar(session.connection(), _settings().calendar_fallback)
-        values["next_run_at"] = specs.next_after(spec, ZoneInfo(row.timezone), now, calendar)
+        try:
+            values["next_run_at"] = specs.next_after(spec, ZoneInfo(row.timezone), now, calendar)
+        except specs.SpecError:
+            raise BulletinError(
+                [
+                    (
+                        "schedule",
+                        "两年内没有任何一次发送时间，请检查日期规则",
+                        "no occurrence within two years; check the rule",
+                    )
+                ]
+            ) from None
     if existing is None:
         session.execute(sa.insert(SCHEDULE).values(key=key, origin="data", spec=spec, timezone=row.timezone, **values))
     else:
@@ -569,11 +588,14 @@ def set_state(session: Session, bulletin_id: int, state: str, *, actor: str, rea
     if row.state == state:
         return row
     now = db_now(session)
-    session.execute(
+    result = session.execute(
         sa.update(BULLETIN)
         .where(BULLETIN.c.id == row.id, BULLETIN.c.version == row.version)
         .values(state=state, version=row.version + 1, updated_at=now)
     )
+    if result.rowcount != 1:
+        session.refresh(row)
+        raise _conflict(row, row.version - 1)
     session.refresh(row)
     _sync_schedule(session, row, now)
     action = "bulletins.resume" if state == "active" else "bulletins.pause"
@@ -715,6 +737,22 @@ def _window_at(windows: list[str], local: datetime) -> tuple[str, datetime] | No
 
 
 # --- preview --------------------------------------------------------------------------------------
+def preview_start(value: str | None, tz: ZoneInfo) -> datetime | None:
+    """A preview's ``from``: an ISO date (its midnight in the bulletin's zone) or date-time (naive: in
+    that zone); None for now. Raises :class:`BulletinError` for anything else."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BulletinError([("from", "应为 ISO 8601 日期或时间", "must be an ISO 8601 date or date-time")]) from None
+    if not 1970 <= parsed.year <= 2999:
+        raise BulletinError([("from", "应在 1970-2999 年之间", "must be within the years 1970-2999")])
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed - timedelta(microseconds=1)  # an occurrence exactly at the start counts
+
+
 def preview(session: Session, bulletin_id: int, *, settings: Any, count: int = 10, after: datetime | None = None):
     """The next ``count`` occurrences and the reasons for every day skipped or moved in between, each
     occurrence with the message rendered as each kind of target will receive it.
@@ -729,6 +767,8 @@ def preview(session: Session, bulletin_id: int, *, settings: Any, count: int = 1
     row = get(session, bulletin_id)
     tz = ZoneInfo(row.timezone)
     start = after or db_now(session)
+    if not 1970 <= start.year <= 2999:
+        raise BulletinError([("from", "预览起点应在 1970-2999 年之间", "the preview start must be within 1970-2999")])
     calendar = load_calendar(session.connection(), settings.calendar_fallback)
     spec = bm.MessageSpec.from_doc(row.message)
     targets = targets_of(session, row, settings)

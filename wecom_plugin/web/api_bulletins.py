@@ -23,7 +23,6 @@ recorded in the audit log is ``api:<client name>``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -254,7 +253,7 @@ def bulletin_preview(bulletin_id: int):
         return _invalid(exc.zh, exc.en, "next")
     try:
         row = bulletins.get(db.session, bulletin_id)
-        after = _parse_from(request.args.get("from"), ZoneInfo(row.timezone))
+        after = bulletins.preview_start(request.args.get("from"), ZoneInfo(row.timezone))
         result = bulletins.preview(db.session, bulletin_id, settings=_settings(), count=count, after=after)
     except BulletinError as exc:
         return _refused(exc)
@@ -262,19 +261,6 @@ def bulletin_preview(bulletin_id: int):
         return _invalid(exc.zh, exc.en, "from")
     db.session.rollback()
     return jsonify(result)
-
-
-def _parse_from(value: str | None, tz: ZoneInfo) -> datetime | None:
-    """``from``: an ISO date (from its midnight in the bulletin's zone) or date-time (naive: that zone)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise BodyError("from 应为 ISO 8601 日期或时间", "from must be an ISO 8601 date or date-time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=tz)
-    return parsed - timedelta(microseconds=1)  # an occurrence exactly at the start counts
 
 
 # --- deliveries -----------------------------------------------------------------------------------

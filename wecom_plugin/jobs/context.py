@@ -164,8 +164,13 @@ class JobContext:
                 # Nothing was applied: forget the mark so a retry may try this target again.
                 with self._engine.begin() as conn:
                     conn.execute(
+                        # Only our own mark: a takeover may have turned it ``unknown`` meanwhile
+                        # (we were paused past our lease), and that record must stay.
                         sa.delete(STEP).where(
-                            STEP.c.job_id == self.job_id, STEP.c.target == target, STEP.c.fence == self.fence
+                            STEP.c.job_id == self.job_id,
+                            STEP.c.target == target,
+                            STEP.c.fence == self.fence,
+                            STEP.c.state == "sending",
                         )
                     )
                 raise

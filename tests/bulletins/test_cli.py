@@ -310,3 +310,22 @@ def _failed_delivery(app, bulletin_id: int, target: str) -> int:
         db.session.add(delivery)
         db.session.commit()
         return delivery.id
+
+
+def test_the_example_policy_file_applies_to_a_tenant_with_its_groups(tenant_app, emulator):
+    """config/bulletins.example.yaml is what operators copy: it must stay valid (dry run, then for real)."""
+    from pathlib import Path
+
+    members = people(emulator, 3)
+    governed_chat(tenant_app, members, name="信息技术部值班群")
+    group_id, _ = governed_chat(tenant_app, members, name="财务部工作群")
+    with tenant_app.app_context():
+        db.session.get(GovernedGroup, group_id).confidentiality = "confidential"
+        db.session.commit()
+    example = str(Path(__file__).resolve().parents[2] / "config" / "bulletins.example.yaml")
+    dry = run(tenant_app, "apply", example, "--dry-run", "--by", "张三")
+    assert dry.exit_code == 0, dry.output
+    assert count(tenant_app, Bulletin) == 0
+    applied = run(tenant_app, "apply", example, "--by", "张三")
+    assert applied.exit_code == 0, applied.output
+    assert count(tenant_app, Bulletin) == 3

@@ -29,7 +29,7 @@ RUN_STATE_ZH = {
 }  # fmt: skip
 DELIVERY_STATE_ZH = {
     "pending": "待发送", "deferred": "已顺延", "sent": "已发送", "failed": "失败", "unknown": "结果未知",
-    "missed": "已错过", "skipped": "已跳过",
+    "missed": "已错过", "skipped": "已跳过", "cancelled": "已取消",
 }  # fmt: skip
 DAY_STATE = {"send": ("发送", "send"), "hold": ("暂缓", "hold"), "skip": ("跳过", "skip")}
 ACTION_ZH = {"send": "发送", "defer": "顺延", "skip": "跳过", "urgent": "照发（紧急）"}
@@ -167,7 +167,7 @@ def _label(labels: Mapping[str, str], key: str) -> str:
         return labels[key]
     kind, _, ref = key.partition(":")
     if kind == "message":
-        n = int(ref) + 1 if ref.isdigit() else ref
+        n = int(ref) + 1 if ref.isascii() and ref.isdigit() else ref
         return f"应用消息（第 {n} 批） / app message (batch {n})"
     return key
 
@@ -582,7 +582,7 @@ def _delivery_row(session: Any, ref: str) -> int:
     from wecom_plugin.models.bulletins import BulletinDelivery
 
     ref = ref.strip()
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():
         return int(ref)
     found = session.scalars(sa.select(BulletinDelivery.id).where(BulletinDelivery.delivery_id == ref.lower())).first()
     if found is None:

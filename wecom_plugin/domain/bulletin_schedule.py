@@ -77,7 +77,7 @@ def validate(doc: Any) -> dict[str, Any]:
     out_days: dict[str, Any] = {"rule": rule}
     if rule == "days_of_week":
         values = days.get("days")
-        if not isinstance(values, list) or not values or any(isinstance(d, bool) or d not in range(7) for d in values):
+        if not isinstance(values, list) or not values or any(type(d) is not int or d not in range(7) for d in values):
             raise SpecError('"days_of_week" lists "days" 0 (Monday) to 6 (Sunday)')
         out_days["days"] = sorted(set(values))
     elif rule == "days_of_month":

@@ -101,6 +101,6 @@ def _field(text: str, name: str, low: int, high: int, names: dict[str, int]) -> 
 def _number(text: str, name: str, names: dict[str, int]) -> int:
     if text in names:
         return names[text]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise CronError(f"{name}: {text!r} is not a number")
     return int(text)

@@ -20,6 +20,7 @@ make-up day. The import file format is parsed by :func:`parse_notice` (see docs/
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -71,6 +72,11 @@ NAME_ALIASES = {
     "中秋": "中秋节",
     "国庆": "国庆节",
 }
+
+
+def _storable(text: str) -> bool:
+    """No control characters (NUL included) and no lone surrogates: text any database stores as read."""
+    return not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 def canonical_name(name: str) -> str:
@@ -372,9 +378,10 @@ class _Checker:
             parsed = value
         elif isinstance(value, str):
             try:
-                parsed = date.fromisoformat(value.strip())
-                if len(value.strip()) != 10:
+                # Exactly YYYY-MM-DD: fromisoformat also reads week dates such as 2027-W40-1.
+                if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip(), re.ASCII):
                     raise ValueError(value)
+                parsed = date.fromisoformat(value.strip())
             except ValueError:
                 self.add(path, f"日期 {value!r} 无效（应为 YYYY-MM-DD）", f"{value!r} is not a date (YYYY-MM-DD)")
                 return None
@@ -424,6 +431,8 @@ class _Checker:
             self.add(("source",), "应为非空文本（通知标题与文号）", "must be non-empty text (the notice's title)")
         elif isinstance(source, str) and len(source.strip()) > MAX_SOURCE_CHARS:
             self.add(("source",), f"超过 {MAX_SOURCE_CHARS} 个字符", f"longer than {MAX_SOURCE_CHARS} characters")
+        elif isinstance(source, str) and not _storable(source):
+            self.add(("source",), "含有控制字符或无效字符", "holds a control or invalid character")
         holidays = self.holidays(data.get("holidays"), year) if "holidays" in data else {}
         workdays = self.workdays(data.get("workdays"), year) if "workdays" in data else {}
         for day, index in sorted(workdays.items()):
@@ -465,6 +474,9 @@ class _Checker:
                 name = None
             elif isinstance(name, str) and len(canonical_name(name)) > MAX_NAME_CHARS:
                 self.add((*path, "name"), f"名称超过 {MAX_NAME_CHARS} 个字符", f"name longer than {MAX_NAME_CHARS}")
+                name = None
+            elif isinstance(name, str) and not _storable(name):
+                self.add((*path, "name"), "名称含有控制字符或无效字符", "the name holds a control or invalid character")
                 name = None
             start = self.date(entry["from"], (*path, "from"), year) if "from" in entry else None
             end = self.date(entry["to"], (*path, "to"), year) if entry.get("to") is not None else start

@@ -590,7 +590,7 @@ def _message_address(session, row: Bulletin, chunk: int) -> tuple[tuple[list[str
         return (["@all"], [], []), members
     reached = set(part)
     if departments:
-        reached.update(_department_members(session, departments))
+        reached.update(department_members(session, departments))
     if tags:
         reached.update(
             session.scalars(
@@ -599,11 +599,11 @@ def _message_address(session, row: Bulletin, chunk: int) -> tuple[tuple[list[str
             )
         )  # fmt: skip
         party_ids = [p for tag in session.scalars(sa.select(Tag).where(Tag.id.in_(tags))) for p in tag.party_ids or []]
-        reached.update(_department_members(session, party_ids))
+        reached.update(department_members(session, party_ids))
     return (part, departments, tags), sorted(reached)
 
 
-def _department_members(session, department_ids: Iterable[int]) -> set[str]:
+def department_members(session, department_ids: Iterable[int]) -> set[str]:
     rows = session.execute(sa.select(Department.id, Department.parent_id).where(Department.deleted_at.is_(None))).all()
     children: dict[int, list[int]] = {}
     for dep_id, parent in rows:

@@ -36,7 +36,7 @@ from wecom_plugin.domain import bulletin_schedule
 from wecom_plugin.domain import schedules as specs
 from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery, BulletinRun
 from wecom_plugin.models.dbtime import db_now
-from wecom_plugin.models.directory import Department, Person, Tag
+from wecom_plugin.models.directory import Department, Person, Tag, TagMember
 from wecom_plugin.models.groups import GovernedGroup
 from wecom_plugin.models.jobs import Schedule
 from wecom_plugin.services import audit
@@ -99,7 +99,7 @@ def get(session: Session, bulletin_id: int) -> Bulletin:
 
 def find(session: Session, ref: str | int) -> Bulletin:
     """A bulletin by id or by name."""
-    if isinstance(ref, int) or str(ref).isdigit():
+    if isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit()):
         return get(session, int(ref))
     row = session.scalars(sa.select(Bulletin).where(Bulletin.name == str(ref))).first()
     if row is None:
@@ -166,6 +166,10 @@ def save(
     if not isinstance(doc, Mapping):
         raise BulletinError([("", "请求内容应为对象", "the request body must be an object")])
     problems: list[tuple[str, str, str]] = []
+    bad_text = _unusable_text(doc)
+    if bad_text:
+        raise BulletinError([(bad_text, "含有无法保存的字符（NUL 或不成对的代理字符）",
+                              "contains a character that cannot be stored (NUL or a lone surrogate)")])  # fmt: skip
     unknown = set(doc) - FIELDS
     if unknown:
         names = ", ".join(sorted(map(str, unknown)))
@@ -229,6 +233,25 @@ def save(
     return row
 
 
+def _unusable_text(value: Any, path: str = "") -> str | None:
+    """The path of the first string holding NUL or a lone surrogate (which no database stores), else None."""
+    if isinstance(value, str):
+        if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            return path or "(document)"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _unusable_text(key, path) or _unusable_text(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unusable_text(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def _conflict(row: Bulletin, expected: Any) -> BulletinError:
     return BulletinError(
         [("version", f"通报已被他人修改（现为第 {row.version} 版，请求基于第 {expected} 版），请刷新后重试",
@@ -249,8 +272,10 @@ def _scalars(doc: Mapping[str, Any], settings: Any, existing: Bulletin | None, p
         )
     timezone = pick("timezone", existing.timezone if existing else settings.timezone)
     try:
-        ZoneInfo(str(timezone))
-    except (ZoneInfoNotFoundError, ValueError):
+        if not isinstance(timezone, str) or not 0 < len(timezone) <= 64:
+            raise ValueError
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         problems.append(("timezone", f"未知时区 {timezone!r}", f"unknown time zone {timezone!r}"))
     confidential = pick("confidential", existing.confidential if existing else False)
     if not isinstance(confidential, bool):
@@ -399,7 +424,16 @@ def _robots(refs: list[Any], settings: Any, old: Mapping[str, Any], problems: li
                 (path, "机器人需要名称（name）和 webhook 地址或 key（key）", "a robot needs a name and a key")
             )
             continue
-        name = ref["name"].strip()[:ROBOT_NAME_MAX]
+        name = ref["name"].strip()
+        if len(name) > ROBOT_NAME_MAX:
+            problems.append(
+                (
+                    path,
+                    f"机器人名称至多 {ROBOT_NAME_MAX} 个字符",
+                    f"a robot name has at most {ROBOT_NAME_MAX} characters",
+                )
+            )
+            continue
         if any(r["name"] == name for r in out):
             problems.append((path, f"机器人名称「{name}」重复", f"duplicate robot name {name!r}"))
             continue
@@ -477,31 +511,36 @@ def _ids(session: Session, model: Any, refs: list[Any], kind: str, problems: lis
     return [i for i in ids if i in known]
 
 
-def department_sizes(session: Session, department_ids: Iterable[int]) -> dict[int, int]:
-    """Active members of each department's subtree, as the mirror knows them."""
-    rows = session.execute(sa.select(Department.id, Department.parent_id).where(Department.deleted_at.is_(None))).all()
-    children: dict[int, list[int]] = {}
-    for dep_id, parent in rows:
-        children.setdefault(parent, []).append(dep_id)
-    members = session.execute(sa.select(Person.departments).where(Person.status == 1)).scalars().all()
-    out: dict[int, int] = {}
-    for dep in department_ids:
-        subtree, stack = set(), [dep]
-        while stack:
-            current = stack.pop()
-            if current not in subtree:
-                subtree.add(current)
-                stack.extend(children.get(current, []))
-        out[dep] = sum(1 for deps in members if subtree.intersection(deps or []))
-    return out
+def reach(session: Session, targets: Mapping[str, Any]) -> set[str]:
+    """Who the bulletin's app messages reach, per the mirror: named users, the active members of each
+    department's subtree, and each tag's members and tagged departments (their subtrees)."""
+    from wecom_plugin.services.bulletin_delivery import department_members
+
+    people = {u for u in targets.get("users", []) if u != "@all"}
+    departments = list(targets.get("departments", []))
+    tags = list(targets.get("tags", []))
+    if tags:
+        for tag in session.scalars(sa.select(Tag).where(Tag.id.in_(tags))):
+            departments.extend(tag.party_ids or [])
+        people.update(
+            session.scalars(
+                sa.select(Person.userid)
+                .join(TagMember, TagMember.person_id == Person.id)
+                .where(TagMember.tag_id.in_(tags), Person.status == 1)
+            )
+        )
+    if departments:
+        people.update(department_members(session, departments))
+    return people
 
 
 def required_scope(session: Session, targets: Mapping[str, Any], settings: Any) -> str:
-    """``bulletins:broadcast`` for @all or a department above the configured size, else ``bulletins``."""
+    """``bulletins:broadcast`` for @all or when the app messages reach more active members than
+    BULLETIN_BROADCAST_DEPARTMENT_SIZE (through departments, tags and named users together), else
+    ``bulletins``."""
     if "@all" in targets.get("users", []):
         return BROADCAST_SCOPE
-    sizes = department_sizes(session, targets.get("departments", []))
-    if any(n > settings.bulletin_broadcast_department_size for n in sizes.values()):
+    if len(reach(session, targets)) > settings.bulletin_broadcast_department_size:
         return BROADCAST_SCOPE
     return SCOPE
 
@@ -513,8 +552,9 @@ def _check_scopes(session: Session, scopes: frozenset[str], targets: Mapping[str
     if needed == BROADCAST_SCOPE:
         limit = settings.bulletin_broadcast_department_size
         raise BulletinError(
-            [("targets", f"发给 @all 或超过 {limit} 人的部门需要 API 权限 {BROADCAST_SCOPE}",
-              f"sending to @all or a department of more than {limit} members needs the scope {BROADCAST_SCOPE}")],
+            [("targets", f"发给 @all 或超过 {limit} 人（部门、标签和成员合计）需要 API 权限 {BROADCAST_SCOPE}",
+              f"sending to @all or to more than {limit} members (departments, tags and users together) needs "
+              f"the scope {BROADCAST_SCOPE}")],
             status=403,
         )  # fmt: skip
     raise BulletinError([("", f"需要 API 权限 {SCOPE}", f"the scope {SCOPE} is needed")], status=403)
@@ -566,6 +606,33 @@ def _sync_schedule(session: Session, row: Bulletin, now: datetime) -> None:
         )
 
 
+def reschedule_after_calendar_change(session: Session, settings: Any) -> int:
+    """The calendar changed (an import): move every enabled bulletin schedule that is not yet due to its
+    next occurrence under the new calendar, so a day that became a workday is not skipped and one that
+    became a holiday is not waited for. Schedules already due are the clock's. Returns how many moved."""
+    from wecom_plugin.services.workday_calendar import load_calendar
+
+    calendar = load_calendar(session.connection(), settings.calendar_fallback)
+    now = db_now(session)
+    moved = 0
+    rows = session.execute(
+        sa.select(SCHEDULE.c.id, SCHEDULE.c.spec, SCHEDULE.c.timezone, SCHEDULE.c.next_run_at).where(
+            SCHEDULE.c.origin == "data", SCHEDULE.c.enabled.is_(True), SCHEDULE.c.next_run_at > now
+        )
+    ).all()
+    for schedule_id, spec, timezone, current in rows:
+        if (spec or {}).get("kind") != bulletin_schedule.KIND:
+            continue
+        try:
+            following = specs.next_after(spec, ZoneInfo(timezone), now, calendar)
+        except (specs.SpecError, ValueError):
+            continue
+        if following != current:
+            session.execute(sa.update(SCHEDULE).where(SCHEDULE.c.id == schedule_id).values(next_run_at=following))
+            moved += 1
+    return moved
+
+
 def _settings() -> Any:
     from flask import current_app
 
@@ -579,12 +646,23 @@ def _audit_view(row: Bulletin) -> dict[str, Any]:
     return out
 
 
-def set_state(session: Session, bulletin_id: int, state: str, *, actor: str, reason: str = "") -> Bulletin:
+def set_state(
+    session: Session,
+    bulletin_id: int,
+    state: str,
+    *,
+    actor: str,
+    reason: str = "",
+    scopes: frozenset[str] | None = None,
+    settings: Any = None,
+) -> Bulletin:
     """Pause or resume. Resuming continues from the next occurrence after now: what fell in the
-    pause is not sent afterwards."""
+    pause is not sent afterwards. An API client (``scopes``) resumes only what it may send."""
     row = get(session, bulletin_id)
     if state not in STATES:
         raise BulletinError([("state", "状态应为 active 或 paused", "state must be active or paused")])
+    if state == "active" and scopes is not None:
+        _check_scopes(session, scopes, row.targets, settings or _settings())
     if row.state == state:
         return row
     now = db_now(session)
@@ -613,8 +691,12 @@ def delete(session: Session, bulletin_id: int, *, actor: str) -> None:
 
 # --- history --------------------------------------------------------------------------------------
 def history(session: Session, bulletin_id: int, *, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest runs, newest first, each with its deliveries."""
-    get(session, bulletin_id)
+    """The latest runs, newest first, each with its deliveries (a deleted bulletin's history too)."""
+    if session.get(Bulletin, bulletin_id) is None and not (
+        0 < bulletin_id < 2**31
+        and session.execute(sa.select(BulletinRun.id).where(BulletinRun.bulletin_id == bulletin_id).limit(1)).first()
+    ):
+        get(session, bulletin_id)  # 404
     runs = list(
         session.scalars(
             sa.select(BulletinRun)
@@ -685,10 +767,19 @@ def load_yaml(session: Session, text: str, *, actor: str, settings: Any, dry_run
         )
     problems: list[tuple[str, str, str]] = []
     report: list[dict] = []
+    seen: set[str] = set()
     with session.begin_nested() as nested:
         for i, entry in enumerate(entries):
             label = f"bulletins[{i}]" if len(entries) > 1 else ""
             name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                name = None  # save() reports the bad name; never query with it
+            elif name in seen:
+                problems.append(
+                    (f"{label}.name".strip("."), f"名称「{name}」在文件中重复", f"the name {name!r} appears twice")
+                )
+                continue
+            seen.add(name or "")
             try:
                 existing = session.scalars(sa.select(Bulletin).where(Bulletin.name == name)).first() if name else None
                 row = save(session, entry, actor=actor, settings=settings,

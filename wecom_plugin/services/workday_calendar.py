@@ -240,6 +240,12 @@ def import_notice(session: Session, text: str, *, filename: str, actor: str, dry
         detail={"file": filename, **result.as_dict()},
         session=session,
     )
+    # Bulletin schedules computed with the old calendar move to the new one's next occurrence at once.
+    from flask import current_app
+
+    from wecom_plugin.services.bulletins import reschedule_after_calendar_change
+
+    reschedule_after_calendar_change(session, current_app.extensions["wecom_settings"])
     open_alert = sa.select(ALERT.c.id).where(ALERT.c.key == alert_key(notice.year), ALERT.c.state == "open")
     open_id = session.scalar(open_alert)
     if open_id is not None:

@@ -80,7 +80,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BodyError(f"参数 {name} 应为 {low}-{high} 的整数", f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
@@ -187,7 +187,15 @@ def _set_state(bulletin_id: int, state: str):
     if not isinstance(reason, str):
         return _invalid("reason 应为字符串", "reason must be a string", "reason")
     try:
-        row = bulletins.set_state(db.session, bulletin_id, state, actor=_actor(), reason=reason)
+        row = bulletins.set_state(
+            db.session,
+            bulletin_id,
+            state,
+            actor=_actor(),
+            reason=reason,
+            scopes=g.api_client.scopes,
+            settings=_settings(),
+        )
         view = bulletins.view(row, db.session)
     except BulletinError as exc:
         return _refused(exc)

@@ -55,6 +55,8 @@ def _check(value: Any) -> None:
         if isinstance(item, str):
             if "\x00" in item:
                 raise BodyError("请求体含有空字符（\\u0000）", "the body holds a NUL character (\\u0000)")
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in item):
+                raise BodyError("请求体含有不成对的代理字符", "the body holds a lone surrogate character")
         elif isinstance(item, dict):
             for key, child in item.items():
                 stack.append((key, depth + 1))

@@ -107,8 +107,9 @@ CALENDAR_ALERT_DAYS = "30"
 BULLETIN_QUIET_WINDOWS = ""
 # Default misfire grace: an occurrence not started this many minutes after its time is "missed".
 BULLETIN_MISFIRE_GRACE_MINUTES = "10"
-# A bulletin to a whole department with more active members than this (its subtree), or to @all,
-# needs the API scope "bulletins:broadcast" rather than "bulletins".
+# A bulletin whose app messages reach more active members than this (departments with their
+# subtrees, tags and named users together), or @all, needs the API scope "bulletins:broadcast" rather
+# than "bulletins".
 BULLETIN_BROADCAST_DEPARTMENT_SIZE = "200"
 
 # --- Alerts ----------------------------------------------------------------------------------------

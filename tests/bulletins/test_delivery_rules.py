@@ -164,3 +164,28 @@ def test_the_robot_budget_paces_sends_so_wecom_drops_nothing(tenant_app, emulato
     # Waiting for our own budget is not a misfire: their deadlines moved past the window's end.
     assert all(d.deadline_at > d.due_at + timedelta(minutes=10) for d in waiting)
     assert all(bulletin(tenant_app, i).state == "active" for i in ids)
+
+
+def test_a_chat_never_read_by_the_member_check_still_takes_its_members_from_the_budget(tenant_app, emulator):
+    """No chat_member rows yet (the member check has not read the chat): the send reads the chat's
+    members from WeCom first, so the person-times budget counts them (it once counted nobody)."""
+    from wecom_plugin.models.api_clients import RateCounter
+    from wecom_plugin.models.groups import ChatMember
+    from wecom_plugin.wecom.budget import CORP, bucket
+
+    members = people(emulator, 4)
+    group_id, chatid = governed_chat(tenant_app, members)
+    with tenant_app.app_context():
+        assert db.session.scalars(sa.select(ChatMember).where(ChatMember.group_id == group_id)).all() == []
+    bulletin_id = create(tenant_app, text_doc(chats=[group_id]))
+    make_due(tenant_app, bulletin_id)
+    tick(tenant_app)
+    run_worker(tenant_app)
+    assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["sent"]
+    with tenant_app.app_context():  # every window (the send may straddle a minute boundary)
+        spent = db.session.scalar(
+            sa.select(sa.func.sum(RateCounter.count)).where(
+                RateCounter.bucket == bucket("appchat.send.corp_minute", CORP)
+            )
+        )
+    assert spent == len(emulator.data.chats[chatid].members) >= 4

@@ -334,3 +334,26 @@ def test_a_memory_budget_honours_the_block_too():
     assert not budget.acquire("robot.minute", "r1").ok
     clock[0] += 2
     assert budget.acquire("robot.minute", "r1").ok
+
+
+def test_a_silent_limit_also_counts_the_previous_window_so_no_sliding_minute_exceeds_it(budget):
+    """WeCom drops the excess of person-time limits silently, and whether its minute is fixed or sliding
+    is undocumented: across a window boundary a fixed count alone would let 2 × 18,000 through within
+    60 s. Counting the previous window keeps every 60 s span within the limit under either reading."""
+    late = T0.replace(second=50)
+    assert budget.acquire("appchat.send.corp_minute", n=18_000, now=late).ok
+    next_window = late + timedelta(seconds=15)  # 15 s later, a new fixed window
+    grant = budget.acquire("appchat.send.corp_minute", n=1, now=next_window)
+    assert not grant.ok and grant.limit_name == "appchat.send.corp_minute"
+    assert budget.acquire("appchat.send.corp_minute", n=18_000, now=late + timedelta(seconds=75)).ok
+    # Per member too (200 a minute in app chats), and in the in-memory budget the same way.
+    assert budget.acquire("appchat.send.member_minute", "lisi", n=180, now=late).ok
+    assert not budget.acquire("appchat.send.member_minute", "lisi", now=next_window).ok
+    memory = MemoryBudget(clock=lambda: now[0])
+    now = [late.timestamp()]
+    assert memory.acquire("message.member_minute", "lisi", n=27).ok
+    now[0] = next_window.timestamp()
+    assert not memory.acquire("message.member_minute", "lisi").ok
+    # A limit WeCom enforces with 45009 keeps its plain fixed window (the robot's 20 a minute).
+    assert budget.acquire("robot.minute", "r1", n=18, now=late).ok
+    assert budget.acquire("robot.minute", "r1", n=18, now=next_window).ok

@@ -39,6 +39,7 @@ from wecom_plugin.wecom.budget import (
     block_bucket,
     bucket,
     denied_grant,
+    previous_window_start,
     window_bounds,
 )
 
@@ -100,13 +101,35 @@ class DbBudget(LimitTable):
                 yield limit, start, end, rows[i : i + BATCH_ROWS]
 
     def _take(self, conn: sa.Connection, limit: Limit, start: int, rows: list[tuple[str, int]]) -> bool:
-        """One multi-row conditional upsert; True if every counter had room (those without room are unchanged)."""
+        """One multi-row conditional upsert; True if every counter had room (those without room are unchanged).
+
+        A limit that spans two windows (silent minute and hour limits, see ``Limit.spans_two_windows``)
+        also counts each counter's previous window: its rows are created at zero first, so the
+        condition, which reads the previous window in a subquery, applies to every spend."""
         allowed = limit.allowed(self.headroom)
+        used = RATE.c.count + 0
+        if limit.spans_two_windows:
+            conn.execute(
+                insert_for(conn, RATE)
+                .values([{"bucket": b, "window_start": start, "count": 0} for b, _n in rows])
+                .on_conflict_do_nothing(index_elements=[RATE.c.bucket, RATE.c.window_start])
+            )
+            previous = RATE.alias("previous")
+            used = RATE.c.count + sa.func.coalesce(
+                sa.select(sa.func.sum(previous.c.count))
+                .where(
+                    previous.c.bucket == RATE.c.bucket,
+                    previous.c.window_start == previous_window_start(limit.window, start),
+                )
+                .correlate(RATE)
+                .scalar_subquery(),
+                0,
+            )
         insert = insert_for(conn, RATE).values([{"bucket": b, "window_start": start, "count": n} for b, n in rows])
         upsert = insert.on_conflict_do_update(
             index_elements=[RATE.c.bucket, RATE.c.window_start],
             set_={"count": RATE.c.count + insert.excluded.count},
-            where=(RATE.c.count + insert.excluded.count) <= allowed,
+            where=(used + insert.excluded.count) <= allowed,
         ).returning(RATE.c.bucket)
         return len(conn.execute(upsert).all()) == len(rows)
 

@@ -550,7 +550,10 @@ class _Plan:
         with client_for(ctx.app, guard=ctx.ensure_lease, **options) as client:
             sent_at = datetime.now(UTC)
             if self.path == bm.PATH_APPCHAT:
-                appchat.send(client, self.address, self.rendered.message, safe=self.rendered.safe, members=self.members)
+                # The budget needs the chat's members: a chat the member check has not read yet has no
+                # chat_member rows, so ask WeCom (a read; nothing is sent if it fails).
+                members = self.members or list(appchat.get(client, self.address).get("userlist") or [])
+                appchat.send(client, self.address, self.rendered.message, safe=self.rendered.safe, members=members)
                 return {"errcode": 0, "sent_at": sent_at.isoformat()}
             if self.path == bm.PATH_ROBOT:
                 robot.send(client, self.address, self.rendered.message)

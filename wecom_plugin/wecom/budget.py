@@ -65,6 +65,16 @@ class Limit:
         if self.capacity < 1:
             raise ValueError(f"{self.name}: capacity must be at least 1")
 
+    @property
+    def spans_two_windows(self) -> bool:
+        """Whether a grant must also count the previous window (see :func:`previous_window_start`).
+
+        WeCom drops the excess of a *silent* limit without an error, and whether its minute and hour
+        windows are fixed or sliding is undocumented. A fixed-window count alone lets twice the limit
+        through within one sliding period across a boundary; counting the previous window too keeps
+        any period's total within the limit under either reading. Day limits follow the natural day."""
+        return self.silent and self.window in (MINUTE, HOUR)
+
     def allowed(self, headroom: float = DEFAULT_HEADROOM) -> int:
         """What the budget grants per window: ``floor(capacity * headroom)``, at least 1."""
         return max(1, math.floor(self.capacity * headroom + 1e-9))
@@ -172,6 +182,11 @@ def bucket(limit_name: str, key: str) -> str:
 
 def _zone(tz: tzinfo | str) -> tzinfo:
     return ZoneInfo(tz) if isinstance(tz, str) else tz
+
+
+def previous_window_start(window: str, start: int) -> int:
+    """The start of the fixed minute or hour window before the one starting at ``start``."""
+    return start - (60 if window == MINUTE else 3600)
 
 
 def window_bounds(window: str, epoch: float, tz: tzinfo | str = DEFAULT_TIMEZONE) -> tuple[int, int]:
@@ -339,7 +354,10 @@ class MemoryBudget(LimitTable):
                     blocked = (int(until), limit.name)
                 start, end = window_bounds(limit.window, now, self.timezone)
                 slot = (bucket(limit.name, key), start)
-                if self.counts.get(slot, 0) + n > limit.allowed(self.headroom):
+                used = self.counts.get(slot, 0)
+                if limit.spans_two_windows:
+                    used += self.counts.get((slot[0], previous_window_start(limit.window, start)), 0)
+                if used + n > limit.allowed(self.headroom):
                     if blocked is None or end > blocked[0]:
                         blocked = (end, limit.name)
                 writes.append((slot, n))

@@ -349,6 +349,11 @@ def test_a_silent_limit_also_counts_the_previous_window_so_no_sliding_minute_exc
     # Per member too (200 a minute in app chats), and in the in-memory budget the same way.
     assert budget.acquire("appchat.send.member_minute", "lisi", n=180, now=late).ok
     assert not budget.acquire("appchat.send.member_minute", "lisi", now=next_window).ok
+    # Only each counter's own previous window counts, never the other members' (it once summed them all).
+    assert budget.acquire_many([Ask("message.member_minute", f"u{i}", 20) for i in range(30)], now=late).ok
+    assert budget.acquire("message.member_minute", "zhaowu", n=27, now=next_window).ok
+    assert budget.acquire("message.member_minute", "u0", n=7, now=next_window).ok
+    assert not budget.acquire("message.member_minute", "u0", n=1, now=next_window).ok
     memory = MemoryBudget(clock=lambda: now[0])
     now = [late.timestamp()]
     assert memory.acquire("message.member_minute", "lisi", n=27).ok

@@ -118,10 +118,11 @@ class DbBudget(LimitTable):
             used = RATE.c.count + sa.func.coalesce(
                 sa.select(sa.func.sum(previous.c.count))
                 .where(
-                    previous.c.bucket == RATE.c.bucket,
+                    # Spelled out: SQLAlchemy does not correlate a subquery inside ON CONFLICT ... WHERE,
+                    # and an uncorrelated one would sum every counter of the previous window.
+                    previous.c.bucket == sa.literal_column(f"{RATE.name}.bucket"),
                     previous.c.window_start == previous_window_start(limit.window, start),
                 )
-                .correlate(RATE)
                 .scalar_subquery(),
                 0,
             )

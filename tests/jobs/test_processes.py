@@ -155,18 +155,45 @@ def test_a_killed_at_most_once_step_ends_unknown_with_one_alert_and_is_not_repea
         assert [(a.key, a.count) for a in alerts] == [(f"job.step_unknown:test.fanout_once:{job_id}", 1)]
 
 
+def _stop_outside_a_write(proc, db_url: str) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock. A process frozen inside a write
+    transaction blocks every other process on SQLite (a different failure, not the fence under test):
+    if the database is not writable right after the stop, let it run a moment and stop it again."""
+    import sqlite3
+
+    for _ in range(100):
+        proc.send_signal(signal.SIGSTOP)
+        if not db_url.startswith("sqlite"):
+            return
+        con = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.3)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            con.close()
+    raise AssertionError("the worker never paused outside a write transaction")
+
+
 def test_a_worker_paused_past_its_lease_makes_no_further_call_and_cannot_complete_the_job(app, db_url, recorder):
     targets = [f"t{i}" for i in range(1, 7)]
     with app.app_context():
         job_id = enqueue("test.fanout", {"url": recorder.url, "targets": targets, "pause_after_each": 0.4})
         db.session.commit()
-    paused = procs.start(db_url, "worker", JOB_LEASE_SECONDS="2", WORKER_POLL_INTERVAL="0.1")
+    # One thread each: with eight, an idle thread polling every 0.1 s can be frozen by SIGSTOP inside a
+    # SQLite write transaction, and the takeover then waits on the lock instead of testing the fence.
+    paused = procs.start(db_url, "worker", JOB_LEASE_SECONDS="2", WORKER_POLL_INTERVAL="0.1", WORKER_THREADS="1")
     procs.wait_for(lambda: "t2" in recorder.counts(), 30, what="the first worker's second call")
-    paused.send_signal(signal.SIGSTOP)
+    _stop_outside_a_write(paused, db_url)
     calls_before_pause = sum(1 for c in recorder.snapshot() if c["pid"] == paused.pid)
     try:
         time.sleep(3)  # past the 2 s lease
-        takeover = procs.start(db_url, "worker", "--max-jobs", "1", JOB_LEASE_SECONDS="2", WORKER_POLL_INTERVAL="0.1")
+        takeover = procs.start(
+            db_url, "worker", "--max-jobs", "1", JOB_LEASE_SECONDS="2", WORKER_POLL_INTERVAL="0.1", WORKER_THREADS="1"
+        )
         code, err = procs.finish(takeover, timeout=60)
         assert code == 0, err
     finally:

@@ -13,7 +13,8 @@ from wecom_plugin.extensions import db
 from wecom_plugin.jobs.clock import Clock
 from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery, BulletinRun
 from wecom_plugin.models.dbtime import db_now
-from wecom_plugin.models.jobs import Schedule
+from wecom_plugin.models.groups import GovernedGroup
+from wecom_plugin.models.jobs import Job, Schedule
 from wecom_plugin.services import bulletins
 
 ROBOT_KEY = "bulletin-test-robot-key-0001"
@@ -98,3 +99,27 @@ def chat_messages(emulator, chatid: str) -> list:
 
 def robot_messages(emulator, key: str = ROBOT_KEY) -> list:
     return [m for m in emulator.data.messages.values() if m.path == "robot" and m.robot_key == key]
+
+
+def quiet_around_now(app, group_id: int, minutes_after: int = 3) -> str:
+    """Give the group a quiet window from a minute ago to ``minutes_after`` minutes from now (Shanghai)."""
+    from zoneinfo import ZoneInfo
+
+    with app.app_context():
+        now = db_now(db.session).astimezone(ZoneInfo("Asia/Shanghai"))
+        window = f"{(now - timedelta(minutes=1)):%H:%M}-{(now + timedelta(minutes=minutes_after)):%H:%M}"
+        db.session.get(GovernedGroup, group_id).quiet_windows = [window]
+        db.session.commit()
+        return window
+
+
+def release_ready_jobs(app) -> int:
+    """Time passes: every waiting bulletins.fire job (deferred, or after a backoff) becomes due now."""
+    with app.app_context():
+        changed = db.session.execute(
+            sa.update(Job)
+            .where(Job.name == "bulletins.fire", Job.state == "ready")
+            .values(due_at=db_now(db.session) - timedelta(seconds=1))
+        ).rowcount
+        db.session.commit()
+        return changed

@@ -16,6 +16,8 @@ from tests.bulletins.support import (
     create,
     deliveries,
     make_due,
+    quiet_around_now,
+    release_ready_jobs,
     robot_messages,
     run_worker,
     runs,
@@ -28,33 +30,10 @@ from wecom_plugin.extensions import db
 from wecom_plugin.models.bulletins import Bulletin
 from wecom_plugin.models.dbtime import db_now
 from wecom_plugin.models.groups import GovernedGroup
-from wecom_plugin.models.jobs import Job
 from wecom_plugin.models.ops import AuditEvent
 from wecom_plugin.services import bulletins
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-
-def quiet_around_now(app, group_id: int, minutes_after: int = 3) -> str:
-    """Give the group a quiet window from a minute ago to ``minutes_after`` minutes from now (local)."""
-    with app.app_context():
-        now = db_now(db.session).astimezone(SHANGHAI)
-        window = f"{(now - timedelta(minutes=1)):%H:%M}-{(now + timedelta(minutes=minutes_after)):%H:%M}"
-        db.session.get(GovernedGroup, group_id).quiet_windows = [window]
-        db.session.commit()
-        return window
-
-
-def release_deferred_jobs(app) -> int:
-    """Time passes: deferred jobs become due now (their deliveries' deadlines are unchanged)."""
-    with app.app_context():
-        changed = db.session.execute(
-            sa.update(Job)
-            .where(Job.name == "bulletins.fire", Job.state == "ready")
-            .values(due_at=db_now(db.session) - timedelta(seconds=1))
-        ).rowcount
-        db.session.commit()
-        return changed
 
 
 @pytest.mark.parametrize("policy", ["defer", "urgent", "skip"])
@@ -77,7 +56,7 @@ def test_a_quiet_window_defers_sends_urgently_or_skips(tenant_app, emulator, pol
         with tenant_app.app_context():
             db.session.get(GovernedGroup, group_id).quiet_windows = []
             db.session.commit()
-        assert release_deferred_jobs(tenant_app) == 1
+        assert release_ready_jobs(tenant_app) == 1
         run_worker(tenant_app)
         [delivery] = deliveries(tenant_app, bulletin_id)
         assert delivery.state == "sent"

@@ -15,6 +15,8 @@ from tests.bulletins.support import (
     create,
     deliveries,
     make_due,
+    quiet_around_now,
+    release_ready_jobs,
     run_worker,
     runs,
     text_doc,
@@ -24,31 +26,10 @@ from tests.groups.check_support import governed_chat, people
 from wecom_plugin.extensions import db
 from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery
 from wecom_plugin.models.dbtime import db_now
-from wecom_plugin.models.groups import GovernedGroup
 from wecom_plugin.models.jobs import Job, JobStep
 from wecom_plugin.services import bulletin_delivery, bulletins
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-
-def _quiet_around_now(app, group_id: int, minutes_after: int = 3) -> str:
-    with app.app_context():
-        now = db_now(db.session).astimezone(SHANGHAI)
-        window = f"{(now - timedelta(minutes=1)):%H:%M}-{(now + timedelta(minutes=minutes_after)):%H:%M}"
-        db.session.get(GovernedGroup, group_id).quiet_windows = [window]
-        db.session.commit()
-        return window
-
-
-def _release_ready_jobs(app) -> int:
-    with app.app_context():
-        n = db.session.execute(
-            sa.update(Job)
-            .where(Job.name == "bulletins.fire", Job.state == "ready")
-            .values(due_at=db_now(db.session) - timedelta(seconds=1))
-        ).rowcount
-        db.session.commit()
-        return n
 
 
 # 1. A delivery that WAS sent (step done) is recorded "missed" (= "not sent") when the holder that
@@ -74,7 +55,7 @@ def test_review_sent_delivery_is_never_recorded_missed(tenant_app, emulator, mon
         # The retry comes after the grace (backoff, outage, no worker for a while).
         db.session.execute(sa.update(BulletinDelivery).values(deadline_at=db_now(db.session) - timedelta(seconds=1)))
         db.session.commit()
-    _release_ready_jobs(tenant_app)
+    release_ready_jobs(tenant_app)
     run_worker(tenant_app)
     [d] = deliveries(tenant_app, bulletin_id)
     # It was sent (the step says done, the chat has it); "missed" tells the operator it was NOT sent,
@@ -147,7 +128,7 @@ def test_review_more_than_100_departments_are_chunked_or_refused(tenant_app, emu
     make_due(tenant_app, bulletin_id)
     tick(tenant_app)
     run_worker(tenant_app)
-    _release_ready_jobs(tenant_app)  # the retry after backoff
+    release_ready_jobs(tenant_app)  # the retry after backoff
     run_worker(tenant_app)
     sent_requests = emulator.requests(endpoint="message/send")
     states = [d.state for d in deliveries(tenant_app, bulletin_id)]
@@ -190,7 +171,7 @@ def test_review_unreachable_schedule_is_a_400_not_a_500(tenant_app, emulator, sc
 def test_review_pause_stops_deferred_deliveries(tenant_app, emulator):
     members = people(emulator, 2)
     group_id, chatid = governed_chat(tenant_app, members)
-    _quiet_around_now(tenant_app, group_id)
+    quiet_around_now(tenant_app, group_id)
     bulletin_id = create(tenant_app, text_doc(chats=[group_id], quiet_policy="defer"))
     make_due(tenant_app, bulletin_id)
     tick(tenant_app)
@@ -199,7 +180,7 @@ def test_review_pause_stops_deferred_deliveries(tenant_app, emulator):
     with tenant_app.app_context():
         bulletins.set_state(db.session, bulletin_id, "paused", actor="user:ops", reason="wrong text, stop it")
         db.session.commit()
-    _release_ready_jobs(tenant_app)
+    release_ready_jobs(tenant_app)
     run_worker(tenant_app)
     assert chat_messages(emulator, chatid) == [], "a paused bulletin was still sent"
 
@@ -210,7 +191,7 @@ def test_review_chat_removed_from_targets_gets_no_deferred_send(tenant_app, emul
     members = people(emulator, 3)
     group_id, chatid = governed_chat(tenant_app, members[:2], name="错发的群")
     other_id, _other_chat = governed_chat(tenant_app, [members[0], members[2]], name="正确的群")
-    _quiet_around_now(tenant_app, group_id)
+    quiet_around_now(tenant_app, group_id)
     bulletin_id = create(tenant_app, text_doc(chats=[group_id, other_id], quiet_policy="defer"))
     make_due(tenant_app, bulletin_id)
     tick(tenant_app)
@@ -224,7 +205,7 @@ def test_review_chat_removed_from_targets_gets_no_deferred_send(tenant_app, emul
             bulletin_id=bulletin_id,
         )
         db.session.commit()
-    _release_ready_jobs(tenant_app)
+    release_ready_jobs(tenant_app)
     run_worker(tenant_app)
     assert chat_messages(emulator, chatid) == [], "the chat removed from the bulletin still got it"
 
@@ -246,7 +227,7 @@ def test_review_one_broken_target_does_not_block_the_others(tenant_app, emulator
     tick(tenant_app)
     for _ in range(10):  # every retry (backoff skipped)
         run_worker(tenant_app)
-        _release_ready_jobs(tenant_app)
+        release_ready_jobs(tenant_app)
     states = {d.target: d.state for d in deliveries(tenant_app, bulletin_id)}
     user_messages = [m for m in emulator.data.messages.values() if m.path == "message"]
     assert states.get("message:0") == "sent" and len(user_messages) == 1, (
@@ -302,7 +283,7 @@ def test_review_deleted_bulletins_id_is_not_inherited(tenant_app, emulator):
     members = people(emulator, 3)
     old_chat_group, old_chatid = governed_chat(tenant_app, members[:2], name="旧通报的群")
     new_chat_group, _new_chatid = governed_chat(tenant_app, [members[0], members[2]], name="新通报的群")
-    _quiet_around_now(tenant_app, old_chat_group)
+    quiet_around_now(tenant_app, old_chat_group)
     old_id = create(tenant_app, text_doc("旧通报", chats=[old_chat_group], quiet_policy="defer"))
     make_due(tenant_app, old_id)
     tick(tenant_app)
@@ -314,7 +295,7 @@ def test_review_deleted_bulletins_id_is_not_inherited(tenant_app, emulator):
     doc = text_doc("新通报", chats=[new_chat_group])
     doc["message"]["content"] = "新通报的内容，只发给新通报的群"
     new_id = create(tenant_app, doc)
-    _release_ready_jobs(tenant_app)
+    release_ready_jobs(tenant_app)
     run_worker(tenant_app)
     leaked = [
         m for m in chat_messages(emulator, old_chatid) if "新通报的内容" in json.dumps(m.content, ensure_ascii=False)

@@ -22,6 +22,7 @@ rate counters by :mod:`wecom_plugin.services.retention`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -45,6 +46,41 @@ from wecom_plugin.wecom.budget import (
 
 RATE = RateCounter.__table__
 BATCH_ROWS = 500  # counters per statement (SQLite binds at most 32,766 parameters)
+
+
+@functools.lru_cache(maxsize=256)
+def _create_at_zero(n: int) -> sa.TextClause:
+    """``INSERT .. ON CONFLICT DO NOTHING`` of ``n`` counters at zero, bound by name (``b0``.., ``start``).
+
+    Written as text, built once per shape: SQLAlchemy gives a multi-row ``VALUES`` no cache key and
+    compiled it anew on every call (0.8-1 ms for 30 rows, a third of a bulletin's CPU). The SQL is the
+    same on SQLite (3.35+) and PostgreSQL."""
+    # Only placeholders are interpolated (names built from integers); every value is bound.
+    values = ", ".join(f"(:b{i}, :start, 0)" for i in range(n))
+    return sa.text(
+        f"INSERT INTO rate_counter (bucket, window_start, count) VALUES {values} "  # noqa: S608
+        "ON CONFLICT (bucket, window_start) DO NOTHING"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _conditional_upsert(n: int, spans_two_windows: bool) -> sa.TextClause:
+    """The spend of ``n`` counters of one window (see the module docstring), bound by name: ``b<i>`` and
+    ``n<i>`` per counter, ``start``, ``allowed`` and (two windows) ``previous_start``. Text for the
+    reason :func:`_create_at_zero` gives."""
+    # Only placeholders are interpolated (names built from integers); every value is bound.
+    values = ", ".join(f"(:b{i}, :start, :n{i})" for i in range(n))
+    previous = (
+        " + COALESCE((SELECT SUM(previous.count) FROM rate_counter AS previous"
+        " WHERE previous.bucket = rate_counter.bucket AND previous.window_start = :previous_start), 0)"
+        if spans_two_windows
+        else ""
+    )
+    return sa.text(
+        f"INSERT INTO rate_counter (bucket, window_start, count) VALUES {values} "  # noqa: S608
+        "ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_counter.count + excluded.count "
+        f"WHERE rate_counter.count{previous} + excluded.count <= :allowed RETURNING rate_counter.bucket"
+    )
 
 
 class DbBudget(LimitTable):
@@ -106,33 +142,14 @@ class DbBudget(LimitTable):
         A limit that spans two windows (silent minute and hour limits, see ``Limit.spans_two_windows``)
         also counts each counter's previous window: its rows are created at zero first, so the
         condition, which reads the previous window in a subquery, applies to every spend."""
-        allowed = limit.allowed(self.headroom)
-        used = RATE.c.count + 0
+        params: dict[str, object] = {"start": start, "allowed": limit.allowed(self.headroom)}
+        for i, (b, n) in enumerate(rows):
+            params[f"b{i}"], params[f"n{i}"] = b, n
         if limit.spans_two_windows:
-            conn.execute(
-                insert_for(conn, RATE)
-                .values([{"bucket": b, "window_start": start, "count": 0} for b, _n in rows])
-                .on_conflict_do_nothing(index_elements=[RATE.c.bucket, RATE.c.window_start])
-            )
-            previous = RATE.alias("previous")
-            used = RATE.c.count + sa.func.coalesce(
-                sa.select(sa.func.sum(previous.c.count))
-                .where(
-                    # Spelled out: SQLAlchemy does not correlate a subquery inside ON CONFLICT ... WHERE,
-                    # and an uncorrelated one would sum every counter of the previous window.
-                    previous.c.bucket == sa.literal_column(f"{RATE.name}.bucket"),
-                    previous.c.window_start == previous_window_start(limit.window, start),
-                )
-                .scalar_subquery(),
-                0,
-            )
-        insert = insert_for(conn, RATE).values([{"bucket": b, "window_start": start, "count": n} for b, n in rows])
-        upsert = insert.on_conflict_do_update(
-            index_elements=[RATE.c.bucket, RATE.c.window_start],
-            set_={"count": RATE.c.count + insert.excluded.count},
-            where=(used + insert.excluded.count) <= allowed,
-        ).returning(RATE.c.bucket)
-        return len(conn.execute(upsert).all()) == len(rows)
+            params["previous_start"] = previous_window_start(limit.window, start)
+            conn.execute(_create_at_zero(len(rows)), params)
+        upsert = _conditional_upsert(len(rows), limit.spans_two_windows)
+        return len(conn.execute(upsert, params).all()) == len(rows)
 
     def _blocked(self, conn: sa.Connection, plan: list[tuple[Limit, str, int]], epoch: float) -> tuple[int, str] | None:
         """The latest block (after a 45009) still in force on any limit of the plan."""

@@ -42,6 +42,10 @@ WORKER_THREADS = "8"
 JOB_MAX_ATTEMPTS = "5"
 # Seconds between clock ticks.
 CLOCK_TICK_SECONDS = "5"
+# Job types that prepare ahead (bulletins) are materialised this many seconds before their time, so
+# the work that can be done early (opening the run, judging the day, rendering) is not done late.
+# 0: materialise every occurrence when it is due.
+CLOCK_PREPARE_SECONDS = "60"
 # Seconds after which a worker or clock heartbeat counts as stale on /status.
 HEARTBEAT_STALE_SECONDS = "120"
 # Extra modules that register job handlers and periodic definitions (comma separated).

@@ -84,6 +84,7 @@ class Settings:
     worker_threads: int
     job_max_attempts: int
     clock_tick_seconds: float
+    clock_prepare_seconds: float
     heartbeat_stale_seconds: float
     job_modules: tuple[str, ...]
     retention_days: int
@@ -244,6 +245,7 @@ def load_settings(
         worker_threads=v.integer("WORKER_THREADS", minimum=1, maximum=64),
         job_max_attempts=v.integer("JOB_MAX_ATTEMPTS", minimum=1, maximum=100),
         clock_tick_seconds=v.number("CLOCK_TICK_SECONDS", minimum=0.05),
+        clock_prepare_seconds=v.number("CLOCK_PREPARE_SECONDS", minimum=0.0),
         heartbeat_stale_seconds=v.number("HEARTBEAT_STALE_SECONDS", minimum=1.0),
         job_modules=v.csv("WECOM_PLUGIN_JOB_MODULES"),
         retention_days=v.integer("RETENTION_DAYS", minimum=1),

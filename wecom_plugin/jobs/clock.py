@@ -16,6 +16,10 @@ Guarantees:
 * Misfire grace: an occurrence seen later than ``misfire_grace_seconds`` after its time is
   ``missed``, not run (alerted when the schedule says so). Coalescing: after downtime, only the
   newest occurrence still within grace runs; older ones within grace are ``coalesced``.
+* Preparing ahead: job types registered with ``prepares_ahead`` (bulletins) have their next
+  occurrence materialised up to ``CLOCK_PREPARE_SECONDS`` before its time, so neither the tick's
+  phase nor the pass over thousands of schedules due at one minute makes them late; the handler
+  prepares and queues the send for the scheduled time itself.
 """
 
 from __future__ import annotations
@@ -244,11 +248,16 @@ class Clock:
         """Materialise due schedules with ids above ``after_id``; returns (enqueued, next after_id)."""
         with engine.begin() as conn:
             now = db_now(conn)
+            is_due: sa.ColumnElement[bool] = SCHEDULE.c.next_run_at <= now
+            preparing, lead = self._preparing()
+            if preparing:
+                early = sa.and_(SCHEDULE.c.job_name.in_(preparing), SCHEDULE.c.next_run_at <= now + lead)
+                is_due = sa.or_(is_due, early)
             due = (
                 sa.select(SCHEDULE)
                 .where(
                     SCHEDULE.c.enabled.is_(True),
-                    SCHEDULE.c.next_run_at <= now,
+                    is_due,
                     SCHEDULE.c.id > after_id,
                     # Only job types this code can enqueue: a newer deploy's schedules are its own.
                     SCHEDULE.c.job_name.in_(registry.known_names()),
@@ -272,6 +281,11 @@ class Clock:
             more = len(rows) == SCHEDULES_PER_TRANSACTION
             return enqueued, (rows[-1].id if more else None)
 
+    def _preparing(self) -> tuple[list[str], timedelta]:
+        """The job types materialised ahead, and how far ahead (none when CLOCK_PREPARE_SECONDS is 0)."""
+        lead = timedelta(seconds=self.settings.clock_prepare_seconds)
+        return (registry.preparing_names() if lead else []), lead
+
     def _calendar(self, conn: sa.Connection):
         """The workday calendar (package data plus imported notices), for kinds that follow it.
         Cached per process and re-read when an import changes it."""
@@ -282,24 +296,33 @@ class Clock:
     def _materialise(self, conn: sa.Connection, schedule: sa.Row, now: datetime, calendar=None) -> int:
         tz = ZoneInfo(schedule.timezone)
         backlog = _scan_backlog(schedule, tz, now, calendar)
+        following, early = backlog.following, []
+        preparing, lead = self._preparing()
+        if schedule.job_name in preparing and following <= now + lead:
+            # The next occurrence is within the lead: materialise it now, due at once; the job
+            # knows its time from the payload and prepares for it.
+            early, following = [following], specs.next_after(schedule.spec, tz, following, calendar)
         # Advance next_run_at first, conditionally: if another clock already did, it owns this pass.
         advanced = conn.execute(
             sa.update(SCHEDULE)
             .where(SCHEDULE.c.id == schedule.id, SCHEDULE.c.next_run_at == schedule.next_run_at)
-            .values(next_run_at=backlog.following, updated_at=utcnow())
+            .values(next_run_at=following, updated_at=utcnow())
         ).rowcount
         if not advanced:
             return 0
-        fire = backlog.in_grace[-1:] if schedule.coalesce else backlog.in_grace
+        fire = (backlog.in_grace[-1:] if schedule.coalesce else backlog.in_grace) + early
         coalesced = backlog.in_grace[:-1] if schedule.coalesce else []
         enqueued = 0
         for when in fire:
             occurrence_id = self._insert_occurrence(conn, schedule.key, when, "enqueued")
             if occurrence_id is None:
                 continue  # already materialised (a clock of another deploy, or a rerun)
+            marks = {"scheduled_at": when.isoformat(), "schedule_key": schedule.key}
+            if when in early:
+                marks["early"] = True  # materialised ahead of its time: the handler prepares for it
             job_id = enqueue(
                 schedule.job_name,
-                {**(schedule.payload or {}), "scheduled_at": when.isoformat(), "schedule_key": schedule.key},
+                {**(schedule.payload or {}), **marks},
                 dedupe_key=f"occ:{schedule.key}:{when.isoformat()}",
                 session=conn,
             )

@@ -38,6 +38,10 @@ class JobType:
     # A run longer than this is treated as hung: its lease is no longer renewed (so another
     # worker can take the job over) and an alert is raised.
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    # The clock may materialise this type's occurrences up to CLOCK_PREPARE_SECONDS before their
+    # time; the job is then due at once with the scheduled time and ``early: true`` in its payload,
+    # and the handler prepares what it can and queues the time-critical part for the time itself.
+    prepares_ahead: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def job_type(
     delivery: str = AT_LEAST_ONCE,
     max_attempts: int | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    prepares_ahead: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Decorator registering ``handler`` as the job type ``name``."""
     if delivery not in (AT_LEAST_ONCE, AT_MOST_ONCE):
@@ -77,7 +82,9 @@ def job_type(
             if existing.handler.__qualname__ != handler.__qualname__:
                 raise ValueError(f"job type {name!r} is already registered by {existing.handler!r}")
         doc = (handler.__doc__ or "").strip().splitlines()
-        _JOB_TYPES[name] = JobType(name, handler, delivery, max_attempts, doc[0] if doc else "", timeout_seconds)
+        _JOB_TYPES[name] = JobType(
+            name, handler, delivery, max_attempts, doc[0] if doc else "", timeout_seconds, prepares_ahead
+        )
         return handler
 
     return register
@@ -104,6 +111,11 @@ def get(name: str) -> JobType:
 
 def known_names() -> list[str]:
     return sorted(_JOB_TYPES)
+
+
+def preparing_names() -> list[str]:
+    """The job types whose occurrences the clock materialises ahead of time."""
+    return sorted(name for name, t in _JOB_TYPES.items() if t.prepares_ahead)
 
 
 def load_job_modules(extra: Iterable[str] = ()) -> None:

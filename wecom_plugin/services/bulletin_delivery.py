@@ -67,10 +67,84 @@ def fire(ctx) -> dict[str, Any]:
     if payload.get("deferred_until"):
         due = datetime.fromisoformat(payload["deferred_until"])
         return _send_due(ctx, int(payload["run_id"]), due, deferred=True)
-    run_id = _open_run(ctx, int(payload["bulletin_id"]), datetime.fromisoformat(payload["scheduled_at"]))
+    if payload.get("prepared_for"):
+        return _send_prepared(ctx, int(payload["run_id"]), datetime.fromisoformat(payload["prepared_for"]))
+    scheduled = datetime.fromisoformat(payload["scheduled_at"])
+    run_id = _open_run(ctx, int(payload["bulletin_id"]), scheduled)
     if run_id is None:
         return {"skipped": "bulletin deleted"}
-    scheduled = datetime.fromisoformat(payload["scheduled_at"])
+    if payload.get("early") and _queue_for_later(ctx, run_id, scheduled):
+        return {"prepared": run_id}
+    return _send_due(ctx, run_id, scheduled, deferred=False)
+
+
+# --- preparing ahead ------------------------------------------------------------------------------
+def _queue_for_later(ctx, run_id: int, scheduled: datetime) -> bool:
+    """An occurrence the clock materialised ahead (CLOCK_PREPARE_SECONDS): the run is open and its
+    deliveries created; queue the sends for the scheduled time itself. False when it is time already
+    (or the run was closed: skipped, held), so the caller sends now or not at all."""
+    session = db.session
+    try:
+        state = session.execute(sa.select(RUN.c.state).where(RUN.c.id == run_id)).scalar_one_or_none()
+        if state != "running" or db_now(session) >= scheduled:
+            session.rollback()
+            return False
+        payload = {
+            "run_id": run_id,
+            "bulletin_id": ctx.payload["bulletin_id"],
+            "prepared_for": scheduled.isoformat(),
+            "spec_version": ctx.payload.get("spec_version"),
+        }
+        enqueue(
+            bulletins.JOB_NAME,
+            {k: v for k, v in payload.items() if v is not None},
+            run_after=scheduled,
+            dedupe_key=f"bulletin-prepared:{run_id}",
+            session=session,
+        )
+        session.commit()
+        return True
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _send_prepared(ctx, run_id: int, scheduled: datetime) -> dict[str, Any]:
+    """The scheduled time of a prepared run: first what may have changed since it was prepared (the
+    schedule edited, the calendar imported, the bulletin paused is judged per delivery), then send."""
+    from wecom_plugin.services.workday_calendar import load_calendar
+
+    session = db.session
+    try:
+        run = session.execute(sa.select(RUN.c.bulletin_id, RUN.c.snapshot).where(RUN.c.id == run_id)).first()
+        row = session.get(Bulletin, run.bulletin_id) if run is not None else None
+        why, closed_as = None, "skipped"
+        if row is not None:
+            local = scheduled.astimezone(ZoneInfo((run.snapshot or {}).get("timezone", row.timezone)))
+            verdict = bulletin_schedule.day_verdict(
+                row.schedule, local.date(), load_calendar(session.connection(), ctx.settings.calendar_fallback)
+            )
+            if _schedule_changed_since(session, row.id, ctx.payload):
+                why = "发送时间已修改 / the schedule was changed"
+            elif verdict.state != bulletin_schedule.YES:
+                why = f"{verdict.zh} / {verdict.en}"
+                if verdict.state == bulletin_schedule.HOLD:
+                    closed_as = "held"
+                    _alert_held(session, row, local, verdict)
+        if why is not None:
+            now = db_now(session)
+            session.execute(
+                sa.update(DELIVERY)
+                .where(DELIVERY.c.run_id == run_id, DELIVERY.c.state.in_(OPEN_STATES))
+                .values(state="skipped", reason=why, updated_at=now)
+            )
+            _close_run(session, run_id, closed_as, why, now)
+            session.commit()
+            return {"skipped": why}
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
     return _send_due(ctx, run_id, scheduled, deferred=False)
 
 

@@ -392,8 +392,9 @@ def _send_listed(ctx, delivery_ids: list[int], *, resend: bool) -> dict[str, Any
     runs: set[int] = set()
     sender = _Sender(ctx)
     try:
-        for delivery_id in delivery_ids:
-            state, run_id = sender.deliver(delivery_id, resend=resend)
+        for index, delivery_id in enumerate(delivery_ids):
+            # The last delivery settles its run in the transaction that records it (one fewer).
+            state, run_id = sender.deliver(delivery_id, resend=resend, settle=index == len(delivery_ids) - 1)
             runs.add(run_id)
             outcomes[state] = outcomes.get(state, 0) + 1
     except (RateLimitedError, LeaseLostError):
@@ -405,7 +406,7 @@ def _send_listed(ctx, delivery_ids: list[int], *, resend: bool) -> dict[str, Any
         if ctx.attempt >= max_attempts:
             _fail_open(delivery_ids, f"多次重试仍失败 / failed on every attempt: {describe_error(exc, 300)}")
         raise
-    for run_id in runs:
+    for run_id in runs - sender.settled:
         _settle_run(run_id)
     return {"deliveries": outcomes}
 
@@ -432,9 +433,12 @@ class _Sender:
     def __init__(self, ctx) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
+        self.settled: set[int] = set()  # runs settled in the transaction that recorded a delivery
 
-    def deliver(self, delivery_id: int, *, resend: bool) -> tuple[str, int]:
-        """Send delivery ``delivery_id`` if it is still pending; returns its state and run."""
+    def deliver(self, delivery_id: int, *, resend: bool, settle: bool = False) -> tuple[str, int]:
+        """Send delivery ``delivery_id`` if it is still pending; returns its state and run. ``settle``:
+        also settle its run when recording the result (the job's last delivery)."""
+        self._settle = settle
         session = db.session
         step = f"d{delivery_id}"
         try:
@@ -480,13 +484,19 @@ class _Sender:
             return "failed", d.run_id
         return self._record(d, result), d.run_id
 
+    def _settle_after(self, s, d) -> None:
+        if self._settle:
+            _settle_in(s, d.run_id)
+            self.settled.add(d.run_id)
+
     def _closed(self, session, d, row: Bulletin | None, now: datetime) -> str | None:
         """Close ``d`` without sending when it must not go out now; None when it should be sent."""
         if row is None or row.state != "active":
             why = "通报已删除 / the bulletin was deleted" if row is None else "通报已暂停 / the bulletin is paused"
             self._finish(session, d, "cancelled", reason=why)
             return "cancelled"
-        if d.target not in {t.key for t in targets_of(session, row, self.settings)}:
+        target = next((t for t in targets_of(session, row, self.settings) if t.key == d.target), None)
+        if target is None:
             self._finish(session, d, "cancelled", reason="已不在通报的发送对象中 / no longer a target of the bulletin")
             return "cancelled"
         if now > d.deadline_at:
@@ -494,7 +504,6 @@ class _Sender:
             self._alert_missed(session, d, now)
             return "missed"
         # A send that waited (a late pickup, our budget) may now fall in a quiet window.
-        target = next(t for t in targets_of(session, row, self.settings) if t.key == d.target)
         quiet = _quiet(target, row.quiet_policy, now, self.settings)
         if quiet.state == "deferred":
             grace = d.deadline_at - d.due_at
@@ -547,21 +556,26 @@ class _Sender:
         return _Plan(path, address, rendered, members, accounts if path == bm.PATH_MESSAGE else 0)
 
     def _record(self, d, result) -> str:
-        outcome = result.outcome
         with _tx() as s:
-            if outcome in (StepOutcome.DONE, StepOutcome.ALREADY_DONE):
-                detail = result.value if outcome == StepOutcome.DONE else _step_detail(s, self.ctx.job_id, f"d{d.id}")
-                detail = detail or {}
-                self._finish(s, d, "sent", errcode=0, msgid=detail.get("msgid"), reason=detail.get("note", ""),
-                             sent_at=_parse(detail.get("sent_at")))  # fmt: skip
-                return "sent"
-            if outcome == StepOutcome.FAILED:
-                why = _step_detail(s, self.ctx.job_id, f"d{d.id}") or {}
-                self._finish(s, d, "failed", errcode=_errcode_text(why.get("error", "")), reason=why.get("error", ""))
-                return "failed"
-            self._finish(s, d, "unknown", reason="发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
-                         "outcome unknown: not resent automatically; resend explicitly after checking")  # fmt: skip
-            return "unknown"
+            state = self._record_in(s, d, result)
+            self._settle_after(s, d)
+            return state
+
+    def _record_in(self, s, d, result) -> str:
+        outcome = result.outcome
+        if outcome in (StepOutcome.DONE, StepOutcome.ALREADY_DONE):
+            detail = result.value if outcome == StepOutcome.DONE else _step_detail(s, self.ctx.job_id, f"d{d.id}")
+            detail = detail or {}
+            self._finish(s, d, "sent", errcode=0, msgid=detail.get("msgid"), reason=detail.get("note", ""),
+                         sent_at=_parse(detail.get("sent_at")))  # fmt: skip
+            return "sent"
+        if outcome == StepOutcome.FAILED:
+            why = _step_detail(s, self.ctx.job_id, f"d{d.id}") or {}
+            self._finish(s, d, "failed", errcode=_errcode_text(why.get("error", "")), reason=why.get("error", ""))
+            return "failed"
+        self._finish(s, d, "unknown", reason="发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
+                     "outcome unknown: not resent automatically; resend explicitly after checking")  # fmt: skip
+        return "unknown"
 
     def _finish(self, s, d, state: str, *, errcode=None, msgid=None, reason: str = "", sent_at=None) -> None:
         now = db_now(s)
@@ -604,7 +618,7 @@ class _Plan:
     accounts: int = 0  # message/send: the directory's accounts, for WeCom's per-app daily cap (× 200)
 
     def send(self, ctx, settings) -> dict[str, Any]:
-        from wecom_plugin.services.wecom import budget_for, client_for
+        from wecom_plugin.services.wecom import budget_for, client_for, shared_pool
         from wecom_plugin.wecom.api import appchat, message, robot
         from wecom_plugin.wecom.budget import (
             CORP,
@@ -615,7 +629,8 @@ class _Plan:
             message_app_day,
         )
 
-        options: dict[str, Any] = {}
+        # One kept-alive pool per process: a connection per send costs both sides more than the send.
+        options: dict[str, Any] = {"pool": shared_pool(settings.api_base_url)}
         app_day = message_app_day(self.accounts)
         if self.path == bm.PATH_MESSAGE:
             # WeCom's cap is the licence's accounts × 200 person-times a day; the directory's accounts

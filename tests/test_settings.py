@@ -71,6 +71,8 @@ def test_a_second_callback_key_pair_is_accepted_for_rotation():
         ({"WECOM_AGENT_ID": "abc"}, "WECOM_AGENT_ID: must be an integer, got 'abc'"),
         ({"JOB_LEASE_SECONDS": "soon"}, "JOB_LEASE_SECONDS: must be a number"),
         ({"WORKER_BATCH_SIZE": "0"}, "WORKER_BATCH_SIZE: must be at least 1"),
+        ({"CLOCK_PREPARE_SECONDS": "601"}, "CLOCK_PREPARE_SECONDS: must be at most 600"),
+        ({"CLOCK_PREPARE_SECONDS": "-1"}, "CLOCK_PREPARE_SECONDS: must be at least 0"),
         ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL: unsupported scheme 'mysql'"),
         ({"WECOM_CALLBACK_AES_KEY": "short"}, "WECOM_CALLBACK_AES_KEY: must be exactly 43 characters, got 5"),
         ({"WECOM_CALLBACK_AES_KEY": "!" * 43}, "WECOM_CALLBACK_AES_KEY: is not valid base64"),

@@ -245,7 +245,7 @@ def load_settings(
         worker_threads=v.integer("WORKER_THREADS", minimum=1, maximum=64),
         job_max_attempts=v.integer("JOB_MAX_ATTEMPTS", minimum=1, maximum=100),
         clock_tick_seconds=v.number("CLOCK_TICK_SECONDS", minimum=0.05),
-        clock_prepare_seconds=v.number("CLOCK_PREPARE_SECONDS", minimum=0.0),
+        clock_prepare_seconds=v.number("CLOCK_PREPARE_SECONDS", minimum=0.0, maximum=600.0),
         heartbeat_stale_seconds=v.number("HEARTBEAT_STALE_SECONDS", minimum=1.0),
         job_modules=v.csv("WECOM_PLUGIN_JOB_MODULES"),
         retention_days=v.integer("RETENTION_DAYS", minimum=1),
@@ -363,7 +363,7 @@ class _Reader:
     def integer(self, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
         return _integer(name, self.text(name), minimum, maximum)
 
-    def number(self, name: str, minimum: float | None = None) -> float:
+    def number(self, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
         raw = self.text(name)
         try:
             value = float(raw)
@@ -373,6 +373,8 @@ class _Reader:
             raise SettingsError(name, f"must be a finite number, got {raw!r}")
         if minimum is not None and value < minimum:
             raise SettingsError(name, f"must be at least {minimum:g}, got {raw!r}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(name, f"must be at most {maximum:g}, got {raw!r}")
         return value
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:

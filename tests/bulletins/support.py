@@ -114,11 +114,11 @@ def quiet_around_now(app, group_id: int, minutes_after: int = 3) -> str:
 
 
 def release_ready_jobs(app) -> int:
-    """Time passes: every waiting bulletins.fire job (deferred, or after a backoff) becomes due now."""
+    """Time passes: every waiting bulletin job (deferred, prepared, or after a backoff) becomes due now."""
     with app.app_context():
         changed = db.session.execute(
             sa.update(Job)
-            .where(Job.name == "bulletins.fire", Job.state == "ready")
+            .where(Job.name.in_(("bulletins.fire", "bulletins.send")), Job.state == "ready")
             .values(due_at=db_now(db.session) - timedelta(seconds=1))
         ).rowcount
         db.session.commit()

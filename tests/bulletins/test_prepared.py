@@ -37,7 +37,7 @@ def _soon(app, seconds: float):
 
 def _waiting_jobs(app) -> list[Job]:
     with app.app_context():
-        rows = list(db.session.scalars(sa.select(Job).where(Job.name == "bulletins.fire", Job.state == "ready")))
+        rows = list(db.session.scalars(sa.select(Job).where(Job.name == "bulletins.send", Job.state == "ready")))
         db.session.expunge_all()
         return rows
 
@@ -108,7 +108,11 @@ def test_a_bulletin_paused_after_preparing_is_not_sent(tenant_app, emulator):
     release_ready_jobs(tenant_app)
     run_worker(tenant_app)
     assert chat_messages(emulator, chatid) == []
-    assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["cancelled"]
+    [delivery] = deliveries(tenant_app, bulletin_id)
+    assert delivery.state == "cancelled" and "paused" in delivery.reason
+    # Nothing of it went out: the run is skipped, not a "partial" one.
+    [run] = runs(tenant_app, bulletin_id)
+    assert run.state == "skipped" and "paused" in run.reason
 
 
 def test_a_prepared_occurrence_picked_up_after_its_time_is_sent_at_once(tenant_app, emulator):
@@ -178,3 +182,130 @@ def test_a_day_the_calendar_no_longer_counts_after_preparing_is_skipped(tenant_a
     [delivery] = deliveries(tenant_app, bulletin_id)
     assert delivery.state == "skipped" and "测试假日" in delivery.reason
     assert [r.state for r in runs(tenant_app, bulletin_id)] == ["skipped"]
+
+
+def _next_whole_minute(app):
+    """The next whole minute at least 20 s and at most 60 s away (inside the clock's lead)."""
+    now = _soon(app, 0)
+    boundary = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if (boundary - now).total_seconds() < 20:
+        time.sleep((boundary - now).total_seconds() + 0.2)
+        return _next_whole_minute(app)
+    return boundary
+
+
+def test_an_edit_after_preparing_that_keeps_the_time_still_sends_it(tenant_app, emulator):
+    """An operator adds an evening time while the next time is prepared: that time is still a time of
+    the schedule, so it is sent, once (the clock cannot materialise it again)."""
+    group_id, chatid = governed_chat(tenant_app, people(emulator, 2))
+    when = _next_whole_minute(tenant_app)
+    hhmm = f"{when.astimezone(SHANGHAI):%H:%M}"
+    bulletin_id = create(tenant_app, text_doc(chats=[group_id], times=(hhmm,)))
+    assert tick(tenant_app) == 1
+    run_worker(tenant_app)
+    with tenant_app.app_context():
+        settings = tenant_app.extensions["wecom_settings"]
+        doc = text_doc(chats=[group_id], times=(hhmm, "23:59" if hhmm != "23:59" else "23:58"))
+        bulletins.save(db.session, doc, actor="user:test", settings=settings, bulletin_id=bulletin_id)
+        db.session.commit()
+    tick(tenant_app)  # the edit pointed the schedule at the same time: its occurrence exists already
+    release_ready_jobs(tenant_app)
+    run_worker(tenant_app)
+    assert len(chat_messages(emulator, chatid)) == 1
+    assert [r.state for r in runs(tenant_app, bulletin_id)] == ["done"]
+
+
+def test_a_prepared_run_that_began_sending_is_finished_not_judged_again(tenant_app, emulator):
+    """The first chat is sent, the second waits for the budget (its members' minute is spent); the
+    schedule is edited meanwhile. The run that already went out in part is sent to the end."""
+    from wecom_plugin.services.wecom import budget_for
+    from wecom_plugin.wecom.budget import APPCHAT_SEND_MEMBER_MINUTE, member_key
+
+    first, second = people(emulator, 2), people(emulator, 4)[2:]
+    g1, c1 = governed_chat(tenant_app, first)
+    g2, c2 = governed_chat(tenant_app, second)
+    bulletin_id = create(tenant_app, text_doc(chats=[g1, g2]))
+    make_due(tenant_app, bulletin_id, at=_soon(tenant_app, 30))
+    assert tick(tenant_app) == 1
+    run_worker(tenant_app)
+    with tenant_app.app_context():
+        budget = budget_for(db.engine, tenant_app.extensions["wecom_settings"])
+        for userid in second:
+            budget.exhaust(APPCHAT_SEND_MEMBER_MINUTE.name, member_key(userid))
+    release_ready_jobs(tenant_app)
+    run_worker(tenant_app)
+    assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["sent", "pending"]
+    assert len(chat_messages(emulator, c1)) == 1 and chat_messages(emulator, c2) == []
+
+    with tenant_app.app_context():
+        settings = tenant_app.extensions["wecom_settings"]
+        doc = text_doc(chats=[g1, g2], times=("18:30", "18:31"))
+        bulletins.save(db.session, doc, actor="user:test", settings=settings, bulletin_id=bulletin_id)
+        db.session.execute(sa.text("DELETE FROM rate_counter WHERE bucket LIKE '%appchat.send.member_minute%'"))
+        db.session.commit()
+    release_ready_jobs(tenant_app)
+    run_worker(tenant_app)
+    assert len(chat_messages(emulator, c2)) == 1
+    assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["sent", "sent"]
+    assert [r.state for r in runs(tenant_app, bulletin_id)] == ["done"]
+
+
+def test_an_occurrence_job_retaken_after_its_time_does_not_send_what_it_prepared(tenant_app, emulator):
+    """The early job queued the send, then its worker died before recording the job done; another
+    worker retakes it after the time while the prepared send runs: one message."""
+    group_id, chatid = governed_chat(tenant_app, people(emulator, 2))
+    bulletin_id = create(tenant_app, text_doc(chats=[group_id]))
+    when = make_due(tenant_app, bulletin_id, at=_soon(tenant_app, 2))
+    assert tick(tenant_app) == 1
+    run_worker(tenant_app)
+    with tenant_app.app_context():
+        early = db.session.scalars(sa.select(Job).where(Job.name == "bulletins.fire")).one()
+        assert early.state == "done" and early.payload.get("early") is True
+        db.session.execute(sa.update(Job).where(Job.id == early.id).values(state="ready", finished_at=None))
+        db.session.commit()
+    time.sleep(max(0.0, (when - _soon(tenant_app, 0)).total_seconds()) + 0.1)  # retaken after the time
+    _both_at_once(tenant_app, emulator)
+    assert len(chat_messages(emulator, chatid)) == 1
+    assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["sent"]
+
+
+def test_two_jobs_that_both_find_a_delivery_pending_send_it_once(tenant_app, emulator):
+    """The delivery's claim, not the per-job steps, keeps two jobs listing one delivery (whatever brought
+    them there) from both sending it."""
+    from wecom_plugin.runtime.queue import enqueue
+
+    group_id, chatid = governed_chat(tenant_app, people(emulator, 2))
+    bulletin_id = create(tenant_app, text_doc(chats=[group_id]))
+    make_due(tenant_app, bulletin_id, at=_soon(tenant_app, 30))
+    assert tick(tenant_app) == 1
+    run_worker(tenant_app)
+    [delivery] = deliveries(tenant_app, bulletin_id)
+    with tenant_app.app_context():
+        db.session.execute(sa.delete(Job).where(Job.name == "bulletins.send"))
+        for n in range(2):
+            enqueue("bulletins.fire", {"deliveries": [delivery.id], "resend_of": delivery.id}, dedupe_key=f"x{n}")
+        db.session.commit()
+    _both_at_once(tenant_app, emulator)
+    assert len(chat_messages(emulator, chatid)) == 1
+    assert [d.state for d in deliveries(tenant_app, bulletin_id)] == ["sent"]
+
+
+def _both_at_once(app, emulator) -> None:
+    """Two workers, one job each, in threads, with every app-chat send slowed by the tenant (a latency
+    fault) so both are in their send at once."""
+    import threading
+
+    from wecom_plugin.jobs.worker import Worker
+
+    release_ready_jobs(app)
+    emulator.admin("faults", action="latency", endpoint="appchat/send", seconds=1.0)
+    try:
+        workers = [Worker(app, batch_size=1, owner=f"w{n}") for n in range(2)]
+        threads = [threading.Thread(target=w.run_once) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        emulator.admin("faults", method="DELETE")
+    run_worker(app)

@@ -43,7 +43,7 @@ from wecom_plugin.models.bulletins import Bulletin, BulletinDelivery, BulletinRu
 from wecom_plugin.models.dbtime import db_now
 from wecom_plugin.models.directory import Department, Person, Tag, TagMember
 from wecom_plugin.models.groups import ChatMember, GovernedGroup
-from wecom_plugin.models.jobs import JobStep, Schedule
+from wecom_plugin.models.jobs import Job, JobStep, Schedule
 from wecom_plugin.runtime.queue import enqueue
 from wecom_plugin.services import audit, bulletins
 from wecom_plugin.services.alerts import raise_alert
@@ -52,10 +52,12 @@ from wecom_plugin.wecom.errors import WeComError
 log = logging.getLogger("wecom_plugin.bulletins")
 
 RUN = BulletinRun.__table__
+JOB = Job.__table__
 SCHEDULE = Schedule.__table__
 DELIVERY = BulletinDelivery.__table__
 STEP = JobStep.__table__
 MESSAGE_USERS_PER_CALL = 1000
+SCHEDULE_CHANGED = "发送时间已修改 / the schedule was changed"
 OPEN_STATES = ("pending", "deferred")  # closed: sent failed unknown missed skipped cancelled
 
 
@@ -81,27 +83,23 @@ def fire(ctx) -> dict[str, Any]:
 # --- preparing ahead ------------------------------------------------------------------------------
 def _queue_for_later(ctx, run_id: int, scheduled: datetime) -> bool:
     """An occurrence the clock materialised ahead (CLOCK_PREPARE_SECONDS): the run is open and its
-    deliveries created; queue the sends for the scheduled time itself. False when it is time already
-    (or the run was closed: skipped, held), so the caller sends now or not at all."""
+    deliveries created; queue their sends for the scheduled time itself (``bulletins.send``, one per
+    run). True when that is done (now or by an earlier holder of this job, which must then not send as
+    well); False when it is time already or the run was closed (skipped, held): send now or not at all."""
     session = db.session
     try:
+        key = f"bulletin-prepared:{run_id}"
+        if session.execute(sa.select(JOB.c.id).where(JOB.c.dedupe_key == key)).first() is not None:
+            session.rollback()
+            return True
         state = session.execute(sa.select(RUN.c.state).where(RUN.c.id == run_id)).scalar_one_or_none()
         if state != "running" or db_now(session) >= scheduled:
             session.rollback()
             return False
-        payload = {
-            "run_id": run_id,
-            "bulletin_id": ctx.payload["bulletin_id"],
-            "prepared_for": scheduled.isoformat(),
-            "spec_version": ctx.payload.get("spec_version"),
-        }
-        enqueue(
-            bulletins.JOB_NAME,
-            {k: v for k, v in payload.items() if v is not None},
-            run_after=scheduled,
-            dedupe_key=f"bulletin-prepared:{run_id}",
-            session=session,
-        )
+        payload = {"run_id": run_id, "bulletin_id": ctx.payload["bulletin_id"], "prepared_for": scheduled.isoformat()}
+        if "spec_version" in ctx.payload:
+            payload["spec_version"] = ctx.payload["spec_version"]
+        enqueue(bulletins.SEND_JOB_NAME, payload, run_after=scheduled, dedupe_key=key, session=session)
         session.commit()
         return True
     except BaseException:
@@ -110,42 +108,100 @@ def _queue_for_later(ctx, run_id: int, scheduled: datetime) -> bool:
 
 
 def _send_prepared(ctx, run_id: int, scheduled: datetime) -> dict[str, Any]:
-    """The scheduled time of a prepared run: first what may have changed since it was prepared (the
-    schedule edited, the calendar imported, the bulletin paused is judged per delivery), then send."""
-    from wecom_plugin.services.workday_calendar import load_calendar
-
+    """The scheduled time of a prepared run. Before its first send, judge again what may have changed
+    since it was prepared: the bulletin paused or deleted, the day (a calendar import), the schedule
+    (an edit that no longer has this time). Then send what is due."""
     session = db.session
     try:
-        run = session.execute(sa.select(RUN.c.bulletin_id, RUN.c.snapshot).where(RUN.c.id == run_id)).first()
-        row = session.get(Bulletin, run.bulletin_id) if run is not None else None
-        why, closed_as = None, "skipped"
-        if row is not None:
-            local = scheduled.astimezone(ZoneInfo((run.snapshot or {}).get("timezone", row.timezone)))
-            verdict = bulletin_schedule.day_verdict(
-                row.schedule, local.date(), load_calendar(session.connection(), ctx.settings.calendar_fallback)
-            )
-            if _schedule_changed_since(session, row.id, ctx.payload):
-                why = "发送时间已修改 / the schedule was changed"
-            elif verdict.state != bulletin_schedule.YES:
-                why = f"{verdict.zh} / {verdict.en}"
-                if verdict.state == bulletin_schedule.HOLD:
-                    closed_as = "held"
-                    _alert_held(session, row, local, verdict)
-        if why is not None:
-            now = db_now(session)
-            session.execute(
-                sa.update(DELIVERY)
-                .where(DELIVERY.c.run_id == run_id, DELIVERY.c.state.in_(OPEN_STATES))
-                .values(state="skipped", reason=why, updated_at=now)
-            )
-            _close_run(session, run_id, closed_as, why, now)
-            session.commit()
-            return {"skipped": why}
+        run = session.execute(sa.select(RUN).where(RUN.c.id == run_id)).first()
+        if run is None:
+            session.rollback()
+            return {"skipped": "run gone"}
+        if run.state == "running" and not _run_started(session, run_id):
+            veto = _veto_prepared(session, ctx, run, scheduled)
+            if veto is not None:
+                closed_as, delivery_state, why = veto
+                now = db_now(session)
+                session.execute(
+                    sa.update(DELIVERY)
+                    .where(DELIVERY.c.run_id == run_id, DELIVERY.c.state.in_(OPEN_STATES))
+                    .values(state=delivery_state, reason=why, updated_at=now)
+                )
+                _close_run(session, run_id, closed_as, why, now)
+                session.commit()
+                return {closed_as: why}
+        ids = _due_ids(session, run_id, scheduled)
         session.commit()
-    except BaseException:
+    except BaseException as exc:
         session.rollback()
+        if _gives_up(ctx, exc):
+            _fail_open(_open_ids(run_id), f"多次重试仍失败 / failed on every attempt: {describe_error(exc, 300)}")
         raise
-    return _send_due(ctx, run_id, scheduled, deferred=False)
+    return _send_listed(ctx, ids, resend=False)
+
+
+def _run_started(session, run_id: int) -> bool:
+    """Whether a send of the run began (a delivery claimed by a job, or past pending): from then on the
+    run is sent to the end, never vetoed half-way."""
+    return (
+        session.execute(
+            sa.select(DELIVERY.c.id).where(
+                DELIVERY.c.run_id == run_id,
+                sa.or_(DELIVERY.c.job_id.is_not(None), DELIVERY.c.state.in_(("sent", "failed", "unknown", "missed"))),
+            )
+        ).first()
+        is not None
+    )
+
+
+def _veto_prepared(session, ctx, run, scheduled: datetime) -> tuple[str, str, str] | None:
+    """(run state, delivery state, reason) when the prepared run must not be sent after all."""
+    from wecom_plugin.services.workday_calendar import load_calendar
+
+    row = session.get(Bulletin, run.bulletin_id)
+    if row is None or row.state != "active":
+        why = "通报已删除 / the bulletin was deleted" if row is None else "通报已暂停 / the bulletin is paused"
+        return "skipped", "cancelled", why
+    local = scheduled.astimezone(ZoneInfo((run.snapshot or {}).get("timezone", row.timezone)))
+    calendar = load_calendar(session.connection(), ctx.settings.calendar_fallback)
+    verdict = bulletin_schedule.day_verdict(row.schedule, local.date(), calendar)
+    if verdict.state == bulletin_schedule.NO:
+        return "skipped", "skipped", f"{verdict.zh} / {verdict.en}"
+    if verdict.state == bulletin_schedule.HOLD:
+        _alert_held(session, row, local, verdict)
+        return "held", "skipped", f"{verdict.zh} / {verdict.en}"
+    if _schedule_dropped(session, row.id, scheduled, calendar, ctx.payload):
+        return "skipped", "skipped", SCHEDULE_CHANGED
+    return None
+
+
+def _due_ids(session, run_id: int, due: datetime) -> list[int]:
+    return list(
+        session.execute(
+            sa.select(DELIVERY.c.id)
+            .where(DELIVERY.c.run_id == run_id, DELIVERY.c.due_at == due)
+            .order_by(DELIVERY.c.id)
+        ).scalars()
+    )
+
+
+def _open_ids(run_id: int) -> list[int]:
+    with _tx() as s:
+        return list(
+            s.execute(
+                sa.select(DELIVERY.c.id).where(DELIVERY.c.run_id == run_id, DELIVERY.c.state == "pending")
+            ).scalars()
+        )
+
+
+def _gives_up(ctx, exc: BaseException) -> bool:
+    """True on the job's last attempt for a failure that will be retried otherwise."""
+    from wecom_plugin.errors import LeaseLostError
+    from wecom_plugin.runtime import registry
+
+    if not isinstance(exc, Exception) or isinstance(exc, (RateLimitedError, LeaseLostError)):
+        return False
+    return ctx.attempt >= (registry.get(ctx.name).max_attempts or ctx.settings.job_max_attempts)
 
 
 # --- opening the run ------------------------------------------------------------------------------
@@ -201,10 +257,10 @@ def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
         elif verdict.state == bulletin_schedule.HOLD:
             _close_run(session, run_id, "held", f"{verdict.zh} / {verdict.en}", now)
             _alert_held(session, row, local, verdict)
-        elif _schedule_changed_since(session, row.id, ctx.payload):
+        elif _schedule_dropped(session, row.id, scheduled, calendar, ctx.payload):
             # The schedule was edited after the clock materialised this occurrence: an edit takes
             # effect from the next occurrence of the new schedule, never at a time it no longer has.
-            _close_run(session, run_id, "skipped", "发送时间已修改 / the schedule was changed", now)
+            _close_run(session, run_id, "skipped", SCHEDULE_CHANGED, now)
         else:
             # Why this day is a day of the rule (a make-up Saturday, or the fallback's assumption).
             session.execute(sa.update(RUN).where(RUN.c.id == run_id).values(reason=f"{verdict.zh} / {verdict.en}"))
@@ -216,15 +272,25 @@ def _open_run(ctx, bulletin_id: int, scheduled: datetime) -> int | None:
         raise
 
 
-def _schedule_changed_since(session, bulletin_id: int, payload: dict[str, Any]) -> bool:
-    """True when the schedule's spec changed after this occurrence was materialised (the clock copies
-    the schedule row's payload, which carries a counter of spec changes, into the job)."""
-    if "spec_version" not in payload:
+def _schedule_dropped(session, bulletin_id: int, scheduled: datetime, calendar, payload: dict[str, Any]) -> bool:
+    """True when the schedule was edited after the clock materialised this occurrence (up to
+    CLOCK_PREPARE_SECONDS before it; the clock copies the schedule row's payload, which counts spec
+    changes, into the job) and the new schedule no longer has this time. An edit takes effect from the
+    new schedule's next occurrence: a time it dropped is not sent; a time it kept still is (the clock
+    cannot materialise that time again: its occurrence exists)."""
+    from wecom_plugin.domain import schedules as specs
+
+    row = session.execute(
+        sa.select(SCHEDULE.c.spec, SCHEDULE.c.timezone, SCHEDULE.c.payload).where(
+            SCHEDULE.c.key == bulletins.schedule_key(bulletin_id)
+        )
+    ).first()
+    if row is None or "spec_version" not in payload:
         return False
-    current = session.execute(
-        sa.select(SCHEDULE.c.payload).where(SCHEDULE.c.key == bulletins.schedule_key(bulletin_id))
-    ).scalar_one_or_none()
-    return current is not None and (current or {}).get("spec_version") != payload["spec_version"]
+    if (row.payload or {}).get("spec_version") == payload["spec_version"]:
+        return False
+    after = scheduled - timedelta(microseconds=1)
+    return specs.next_after(row.spec, ZoneInfo(row.timezone), after, calendar) != scheduled
 
 
 def _close_run(session, run_id: int, state: str, reason: str, now: datetime) -> None:
@@ -370,13 +436,7 @@ def _send_due(ctx, run_id: int, due: datetime, *, deferred: bool) -> dict[str, A
                 .where(DELIVERY.c.run_id == run_id, DELIVERY.c.state == "deferred", DELIVERY.c.due_at == due)
                 .values(state="pending")
             )
-        ids = list(
-            session.execute(
-                sa.select(DELIVERY.c.id)
-                .where(DELIVERY.c.run_id == run_id, DELIVERY.c.due_at == due)
-                .order_by(DELIVERY.c.id)
-            ).scalars()
-        )
+        ids = _due_ids(session, run_id, due)
         session.commit()
     except BaseException:
         session.rollback()
@@ -386,15 +446,13 @@ def _send_due(ctx, run_id: int, due: datetime, *, deferred: bool) -> dict[str, A
 
 def _send_listed(ctx, delivery_ids: list[int], *, resend: bool) -> dict[str, Any]:
     from wecom_plugin.errors import LeaseLostError
-    from wecom_plugin.runtime import registry
 
     outcomes: dict[str, int] = {}
     runs: set[int] = set()
     sender = _Sender(ctx)
     try:
-        for index, delivery_id in enumerate(delivery_ids):
-            # The last delivery settles its run in the transaction that records it (one fewer).
-            state, run_id = sender.deliver(delivery_id, resend=resend, settle=index == len(delivery_ids) - 1)
+        for delivery_id in delivery_ids:
+            state, run_id = sender.deliver(delivery_id, resend=resend)
             runs.add(run_id)
             outcomes[state] = outcomes.get(state, 0) + 1
     except (RateLimitedError, LeaseLostError):
@@ -402,11 +460,12 @@ def _send_listed(ctx, delivery_ids: list[int], *, resend: bool) -> dict[str, Any
     except Exception as exc:
         # The job will be retried; on its last attempt, close what is still open so no delivery waits
         # forever and the run is settled (the alert of the dead job says why).
-        max_attempts = registry.get(ctx.name).max_attempts or ctx.settings.job_max_attempts
-        if ctx.attempt >= max_attempts:
+        if _gives_up(ctx, exc):
             _fail_open(delivery_ids, f"多次重试仍失败 / failed on every attempt: {describe_error(exc, 300)}")
         raise
-    for run_id in runs - sender.settled:
+    for run_id in runs:
+        # After the deliveries' own commits, never in them: two jobs recording the last two open
+        # deliveries of a run at once would each still see the other's open (READ COMMITTED).
         _settle_run(run_id)
     return {"deliveries": outcomes}
 
@@ -433,12 +492,9 @@ class _Sender:
     def __init__(self, ctx) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.settled: set[int] = set()  # runs settled in the transaction that recorded a delivery
 
-    def deliver(self, delivery_id: int, *, resend: bool, settle: bool = False) -> tuple[str, int]:
-        """Send delivery ``delivery_id`` if it is still pending; returns its state and run. ``settle``:
-        also settle its run when recording the result (the job's last delivery)."""
-        self._settle = settle
+    def deliver(self, delivery_id: int, *, resend: bool) -> tuple[str, int]:
+        """Send delivery ``delivery_id`` if it is still pending; returns its state and run."""
         session = db.session
         step = f"d{delivery_id}"
         try:
@@ -453,6 +509,12 @@ class _Sender:
                 # happened (done, unknown, failed). Never judge it missed or failed from here.
                 session.rollback()
                 return self._record(d, self.ctx.run_step(step, _already_started)), d.run_id
+            if not self._claim(session, d):
+                # Another job sends it (step rows are per job, so only this claim keeps two jobs that
+                # both see it pending, e.g. a prepared send and its occurrence job retaken after the
+                # time, from both sending it).
+                session.rollback()
+                return "elsewhere", d.run_id
             run = session.execute(sa.select(RUN).where(RUN.c.id == d.run_id)).first()
             row = session.get(Bulletin, d.bulletin_id)
             closed = None if resend else self._closed(session, d, row, db_now(session))
@@ -484,10 +546,19 @@ class _Sender:
             return "failed", d.run_id
         return self._record(d, result), d.run_id
 
-    def _settle_after(self, s, d) -> None:
-        if self._settle:
-            _settle_in(s, d.run_id)
-            self.settled.add(d.run_id)
+    def _claim(self, session, d) -> bool:
+        """Make this job the delivery's only sender (committed with the plan, before any call)."""
+        return bool(
+            session.execute(
+                sa.update(DELIVERY)
+                .where(
+                    DELIVERY.c.id == d.id,
+                    DELIVERY.c.state == "pending",
+                    sa.or_(DELIVERY.c.job_id.is_(None), DELIVERY.c.job_id == self.ctx.job_id),
+                )
+                .values(job_id=self.ctx.job_id)
+            ).rowcount
+        )
 
     def _closed(self, session, d, row: Bulletin | None, now: datetime) -> str | None:
         """Close ``d`` without sending when it must not go out now; None when it should be sent."""
@@ -510,7 +581,9 @@ class _Sender:
             session.execute(
                 sa.update(DELIVERY)
                 .where(DELIVERY.c.id == d.id)
-                .values(state="deferred", due_at=quiet.due, deadline_at=quiet.due + grace, reason=quiet.reason)
+                .values(
+                    state="deferred", due_at=quiet.due, deadline_at=quiet.due + grace, reason=quiet.reason, job_id=None
+                )
             )
             _schedule_deferred(session, d.bulletin_id, d.run_id, d.id, d.target, quiet.due)
             return "deferred"
@@ -557,9 +630,7 @@ class _Sender:
 
     def _record(self, d, result) -> str:
         with _tx() as s:
-            state = self._record_in(s, d, result)
-            self._settle_after(s, d)
-            return state
+            return self._record_in(s, d, result)
 
     def _record_in(self, s, d, result) -> str:
         outcome = result.outcome
@@ -618,7 +689,7 @@ class _Plan:
     accounts: int = 0  # message/send: the directory's accounts, for WeCom's per-app daily cap (× 200)
 
     def send(self, ctx, settings) -> dict[str, Any]:
-        from wecom_plugin.services.wecom import budget_for, client_for, shared_pool
+        from wecom_plugin.services.wecom import budget_for, client_for
         from wecom_plugin.wecom.api import appchat, message, robot
         from wecom_plugin.wecom.budget import (
             CORP,
@@ -629,8 +700,7 @@ class _Plan:
             message_app_day,
         )
 
-        # One kept-alive pool per process: a connection per send costs both sides more than the send.
-        options: dict[str, Any] = {"pool": shared_pool(settings.api_base_url)}
+        options: dict[str, Any] = {}
         app_day = message_app_day(self.accounts)
         if self.path == bm.PATH_MESSAGE:
             # WeCom's cap is the licence's accounts × 200 person-times a day; the directory's accounts

@@ -42,6 +42,7 @@ from wecom_plugin.models.jobs import Schedule
 from wecom_plugin.services import audit
 
 JOB_NAME = "bulletins.fire"
+SEND_JOB_NAME = "bulletins.send"  # the sends of an occurrence prepared ahead, at its time
 SCOPE, BROADCAST_SCOPE = "bulletins", "bulletins:broadcast"
 QUIET_POLICIES = ("defer", "urgent", "skip")
 STATES = ("active", "paused")

@@ -26,7 +26,6 @@ from wecom_plugin.wecom.client import Guard, WeComClient
 
 _lock = threading.Lock()
 _stores: weakref.WeakKeyDictionary[sa.Engine, dict[bytes, DbTokenStore]] = weakref.WeakKeyDictionary()
-_pools: dict[str, Any] = {}  # base URL -> urllib3 pool (see shared_pool)
 _engines: dict[str, sa.Engine] = {}
 
 
@@ -53,20 +52,6 @@ def client_for(
     options.setdefault("token_store", token_store_for(engine, settings))
     options.setdefault("budget", budget_for(engine, settings))
     return WeComClient.from_settings(settings, secret=secret, guard=guard, **options)
-
-
-def shared_pool(base_url: str):
-    """This process's connection pool for ``base_url`` (:func:`~wecom_plugin.wecom.client.pool_for`), for
-    callers that make many short calls one after another (a bulletin's sends): a client built with it
-    reuses kept-alive connections instead of opening one per client, and does not close the pool. urllib3
-    pools are thread-safe and check a pooled connection was not dropped by the server before reusing it."""
-    from wecom_plugin.wecom.client import pool_for
-
-    with _lock:
-        pool = _pools.get(base_url)
-        if pool is None:
-            pool = _pools[base_url] = pool_for(base_url)
-        return pool
 
 
 def token_store_for(engine: sa.Engine, settings: Settings) -> DbTokenStore:

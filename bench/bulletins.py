@@ -446,7 +446,7 @@ def collect(engine, emulator: Emulator, when: datetime, prep: dict[str, Any], be
         ).scalar_one()
         send_jobs_in_round = conn.execute(
             sa.select(sa.func.count()).where(
-                jt.c.name == "bulletins.fire",
+                jt.c.name == "bulletins.send",
                 jt.c.created_at >= before["wall"],
                 jt.c.dedupe_key.like("bulletin-prepared:%"),
             )

@@ -48,6 +48,21 @@ def test_readyz_does_not_depend_on_workers_but_status_reports_them(app):
     assert (status["workers"]["fresh"], status["clocks"]["fresh"], status["healthy"]) == (1, 1, True)
 
 
+def test_status_counts_jobs_waiting_for_their_time_apart_from_those_due(app):
+    """A job queued for later (a backoff, a prepared bulletin send) is no work for the workers yet."""
+    from datetime import timedelta
+
+    from wecom_plugin.runtime.queue import enqueue
+
+    with app.app_context():
+        enqueue("noop", {})
+        enqueue("noop", {}, run_after=timedelta(minutes=5))
+        enqueue("noop", {}, run_after=timedelta(minutes=5))
+        db.session.commit()
+    jobs = app.test_client().get("/status").json["jobs"]
+    assert (jobs.get("ready"), jobs.get("waiting")) == (1, 2)
+
+
 def test_errors_are_bilingual_json_without_tracebacks_and_carry_security_headers(sqlite_app):
     @sqlite_app.get("/_boom")
     def boom():

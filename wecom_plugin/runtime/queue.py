@@ -108,8 +108,15 @@ def cancel(session: Session, job_id: int) -> bool:
 
 
 def counts_by_state(session: Session | sa.Connection) -> dict[str, int]:
-    rows = session.execute(sa.select(JOB.c.state, sa.func.count()).group_by(JOB.c.state)).all()
-    return {state: count for state, count in rows}
+    """Jobs per state, with ``ready`` split: ``ready`` is due now (by the database clock), ``waiting`` is
+    ready for later (a backoff, a deferred or prepared bulletin send): the queue a worker has to work off
+    is ``ready`` and ``running``, not the jobs that wait for their time."""
+    state = sa.case(
+        (sa.and_(JOB.c.state == ClaimState.READY, JOB.c.due_at > sql_now()), sa.literal("waiting")),
+        else_=JOB.c.state,
+    ).label("state")
+    rows = session.execute(sa.select(state, sa.func.count()).group_by(state)).all()
+    return {name: count for name, count in rows}
 
 
 def _check_payload(payload: dict[str, Any]) -> None:

@@ -160,8 +160,7 @@ def _veto_prepared(session, ctx, run, scheduled: datetime) -> tuple[str, str, st
 
     row = session.get(Bulletin, run.bulletin_id)
     if row is None or row.state != "active":
-        why = "通报已删除 / the bulletin was deleted" if row is None else "通报已暂停 / the bulletin is paused"
-        return "skipped", "cancelled", why
+        return "skipped", "cancelled", _inactive_reason(row)
     local = scheduled.astimezone(ZoneInfo((run.snapshot or {}).get("timezone", row.timezone)))
     calendar = load_calendar(session.connection(), ctx.settings.calendar_fallback)
     verdict = bulletin_schedule.day_verdict(row.schedule, local.date(), calendar)
@@ -173,6 +172,11 @@ def _veto_prepared(session, ctx, run, scheduled: datetime) -> tuple[str, str, st
     if _schedule_dropped(session, row.id, scheduled, calendar, ctx.payload):
         return "skipped", "skipped", SCHEDULE_CHANGED
     return None
+
+
+def _inactive_reason(row: Bulletin | None) -> str:
+    """Why nothing of a deleted (None) or paused bulletin is sent."""
+    return "通报已删除 / the bulletin was deleted" if row is None else "通报已暂停 / the bulletin is paused"
 
 
 def _due_ids(session, run_id: int, due: datetime) -> list[int]:
@@ -280,12 +284,14 @@ def _schedule_dropped(session, bulletin_id: int, scheduled: datetime, calendar, 
     cannot materialise that time again: its occurrence exists)."""
     from wecom_plugin.domain import schedules as specs
 
+    if "spec_version" not in payload:
+        return False
     row = session.execute(
         sa.select(SCHEDULE.c.spec, SCHEDULE.c.timezone, SCHEDULE.c.payload).where(
             SCHEDULE.c.key == bulletins.schedule_key(bulletin_id)
         )
     ).first()
-    if row is None or "spec_version" not in payload:
+    if row is None:
         return False
     if (row.payload or {}).get("spec_version") == payload["spec_version"]:
         return False
@@ -563,8 +569,7 @@ class _Sender:
     def _closed(self, session, d, row: Bulletin | None, now: datetime) -> str | None:
         """Close ``d`` without sending when it must not go out now; None when it should be sent."""
         if row is None or row.state != "active":
-            why = "通报已删除 / the bulletin was deleted" if row is None else "通报已暂停 / the bulletin is paused"
-            self._finish(session, d, "cancelled", reason=why)
+            self._finish(session, d, "cancelled", reason=_inactive_reason(row))
             return "cancelled"
         target = next((t for t in targets_of(session, row, self.settings) if t.key == d.target), None)
         if target is None:
@@ -629,24 +634,21 @@ class _Sender:
         return _Plan(path, address, rendered, members, accounts if path == bm.PATH_MESSAGE else 0)
 
     def _record(self, d, result) -> str:
-        with _tx() as s:
-            return self._record_in(s, d, result)
-
-    def _record_in(self, s, d, result) -> str:
         outcome = result.outcome
-        if outcome in (StepOutcome.DONE, StepOutcome.ALREADY_DONE):
-            detail = result.value if outcome == StepOutcome.DONE else _step_detail(s, self.ctx.job_id, f"d{d.id}")
-            detail = detail or {}
-            self._finish(s, d, "sent", errcode=0, msgid=detail.get("msgid"), reason=detail.get("note", ""),
-                         sent_at=_parse(detail.get("sent_at")))  # fmt: skip
-            return "sent"
-        if outcome == StepOutcome.FAILED:
-            why = _step_detail(s, self.ctx.job_id, f"d{d.id}") or {}
-            self._finish(s, d, "failed", errcode=_errcode_text(why.get("error", "")), reason=why.get("error", ""))
-            return "failed"
-        self._finish(s, d, "unknown", reason="发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
-                     "outcome unknown: not resent automatically; resend explicitly after checking")  # fmt: skip
-        return "unknown"
+        with _tx() as s:
+            if outcome in (StepOutcome.DONE, StepOutcome.ALREADY_DONE):
+                detail = result.value if outcome == StepOutcome.DONE else _step_detail(s, self.ctx.job_id, f"d{d.id}")
+                detail = detail or {}
+                self._finish(s, d, "sent", errcode=0, msgid=detail.get("msgid"), reason=detail.get("note", ""),
+                             sent_at=_parse(detail.get("sent_at")))  # fmt: skip
+                return "sent"
+            if outcome == StepOutcome.FAILED:
+                why = _step_detail(s, self.ctx.job_id, f"d{d.id}") or {}
+                self._finish(s, d, "failed", errcode=_errcode_text(why.get("error", "")), reason=why.get("error", ""))
+                return "failed"
+            self._finish(s, d, "unknown", reason="发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
+                         "outcome unknown: not resent automatically; resend explicitly after checking")  # fmt: skip
+            return "unknown"
 
     def _finish(self, s, d, state: str, *, errcode=None, msgid=None, reason: str = "", sent_at=None) -> None:
         now = db_now(s)

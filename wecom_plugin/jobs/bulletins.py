@@ -4,7 +4,7 @@ which do not know it, leave it alone)."""
 
 from __future__ import annotations
 
-from wecom_plugin.runtime.registry import AT_MOST_ONCE, job_type
+from wecom_plugin.runtime.registry import AT_MOST_ONCE, batch_handler, job_type
 
 
 @job_type("bulletins.fire", delivery=AT_MOST_ONCE, max_attempts=8, prepares_ahead=True)
@@ -21,3 +21,11 @@ def send_prepared(ctx):
     from wecom_plugin.services.bulletin_delivery import fire as fire_occurrence
 
     return fire_occurrence(ctx)
+
+
+@batch_handler("bulletins.send")
+def send_prepared_batch(ctxs):
+    """The prepared sends of one claimed batch together, in a few transactions (the common case only)."""
+    from wecom_plugin.services.bulletin_batch import send_batch
+
+    return send_batch(ctxs)

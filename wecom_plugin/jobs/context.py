@@ -182,6 +182,54 @@ class JobContext:
         self._update_own_step(target, "done", _detail(value))
         return StepResult(StepOutcome.DONE, value)
 
+    # --- the same, for a batch handler (see registry.JobType.batch_handler) ------------------------
+    def mark_sending_in(self, conn: sa.Connection, targets: list[str]) -> None:
+        """Mark ``targets`` ``sending`` in the caller's transaction, which must also have renewed this
+        job's lease (:func:`~wecom_plugin.runtime.claim.renew_all`) and checked no step of them exists:
+        the two committed together are :meth:`run_step`'s promise that nobody else will send them."""
+        now = utcnow()
+        conn.execute(
+            sa.insert(STEP),
+            [
+                {
+                    "job_id": self.job_id,
+                    "target": str(t)[:255],
+                    "state": "sending",
+                    "fence": self.fence,
+                    "updated_at": now,
+                }
+                for t in targets
+            ],
+        )
+
+    def close_step_in(
+        self, conn: sa.Connection, target: str, outcome: StepOutcome, detail: dict[str, Any] | None
+    ) -> None:
+        """Record how a step marked by :meth:`mark_sending_in` ended: DONE, FAILED or UNKNOWN (alerted).
+        ``None`` as outcome forgets the mark: the call proved nothing was applied, the target may be tried
+        again. Only this holder's own mark is touched (a takeover's ``unknown`` stays)."""
+        target = str(target)[:255]
+        if outcome == StepOutcome.UNKNOWN:
+            self._mark_unknown(conn, target, self.fence, str((detail or {}).get("why", "")))
+            return
+        own = sa.and_(
+            STEP.c.job_id == self.job_id, STEP.c.target == target, STEP.c.fence == self.fence, STEP.c.state == "sending"
+        )
+        if outcome is None:
+            conn.execute(sa.delete(STEP).where(own))
+        else:
+            conn.execute(sa.update(STEP).where(own).values(state=outcome.value, detail=detail, updated_at=utcnow()))
+
+    def finish_in(self, conn: sa.Connection, result: dict[str, Any] | None) -> bool:
+        """Mark the job done in the caller's transaction (fenced); False if its lease was lost."""
+        from wecom_plugin.models.claims import ClaimState
+        from wecom_plugin.models.dbtime import sql_now
+
+        return claim.finish(
+            conn, JOB, self.job_id, self.fence, state=ClaimState.DONE, finished_at=sql_now(), result=result,
+            last_error=None,
+        )  # fmt: skip
+
     def abandon_sending_steps(self, why: str) -> int:
         """Mark every step left ``sending`` by an earlier holder ``unknown`` (with the alert)."""
         with self._engine.begin() as conn:

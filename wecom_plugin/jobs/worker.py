@@ -136,9 +136,10 @@ class Worker:
             )
         with self._held_lock:
             self._held.update({c.id: c.fence for c in batch})
-        for index, claimed in enumerate(batch):
+        rest = self._run_batch_handlers(batch)
+        for index, claimed in enumerate(rest):
             if self._stop.is_set():
-                self._hand_back(batch[index:])
+                self._hand_back(rest[index:])
                 break
             try:
                 self._run(claimed)
@@ -146,6 +147,44 @@ class Worker:
                 with self._held_lock:
                     self._held.pop(claimed.id, None)
         return len(batch)
+
+    def _run_batch_handlers(self, batch: list[claim.Claimed]) -> list[claim.Claimed]:
+        """Give the jobs of each type that has a batch handler to it, together; returns the jobs left for
+        their per-job handler (those it did not finish, or all of a type whose batch handler failed)."""
+        from wecom_plugin.jobs.context import JobContext
+
+        by_type: dict[str, list[claim.Claimed]] = {}
+        for claimed in batch:
+            # A job past its attempts goes the per-job way (dead, its steps abandoned).
+            if claimed.attempts <= claimed.row.max_attempts and registry.get(claimed.row.name).batch_handler:
+                by_type.setdefault(claimed.row.name, []).append(claimed)
+        if not by_type or self._stop.is_set():
+            return batch
+        finished: dict[int, bool] = {}
+        for name, items in by_type.items():
+            contexts = [
+                JobContext(self.app, self.engine, _JobView(c.id, name, c.row.payload, c.row.delivery), c.fence,
+                           c.attempts, self.lease_seconds)
+                for c in items
+            ]  # fmt: skip
+            with self.app.app_context(), request_id_scope(f"jobs-{items[0].id}-{items[-1].id}"):
+                try:
+                    done = registry.get(name).batch_handler(contexts)
+                except Exception as exc:  # noqa: BLE001 - the per-job handler takes over every job
+                    log.warning("batch of %s %s jobs failed; running them one by one: %s", len(items), name,
+                                describe_error(exc)[:300])  # fmt: skip
+                    done = {}
+                finally:
+                    db.session.remove()
+            finished.update({job_id: ok for job_id, ok in done.items() if job_id in {c.id for c in items}})
+        for job_id, ok in finished.items():
+            if ok:
+                self.jobs_done += 1
+            else:
+                log.warning("job %s finished in a batch but its lease was lost; not recorded", job_id)
+            with self._held_lock:
+                self._held.pop(job_id, None)
+        return [c for c in batch if c.id not in finished]
 
     def _idle_seconds(self) -> float:
         """How long an idle worker sleeps: until the next ready job is due, at most the poll

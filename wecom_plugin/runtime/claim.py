@@ -120,6 +120,24 @@ def renew(conn: sa.Connection, table: sa.Table, row_id: int, fence: int, lease_s
     return conn.execute(stmt).rowcount == 1
 
 
+def renew_all(conn: sa.Connection, table: sa.Table, held: Sequence[tuple[int, int]], lease_seconds: float) -> set[int]:
+    """:func:`renew` for many ``(id, fence)`` rows in one statement; returns the ids still held."""
+    if not held:
+        return set()
+    c = table.c
+    stmt = (
+        sa.update(table)
+        .where(
+            sa.tuple_(c.id, c.fence).in_(list(held)),
+            c.state == ClaimState.RUNNING,
+            c.lease_expires_at > sql_now(),
+        )
+        .values(lease_expires_at=sql_now(lease_seconds))
+        .returning(c.id)
+    )
+    return set(conn.execute(stmt).scalars())
+
+
 def renew_many(conn: sa.Connection, table: sa.Table, held: Iterable[tuple[int, int]], lease_seconds: float) -> set[int]:
     """Heartbeat for a batch of held rows; returns the ids whose lease is lost."""
     lost = set()

@@ -15,6 +15,7 @@ Delivery semantics, chosen per job type:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ AT_LEAST_ONCE = "at_least_once"
 AT_MOST_ONCE = "at_most_once"
 
 Handler = Callable[..., Any]  # handler(ctx: JobContext) -> dict | None
+# batch_handler(ctxs: list[JobContext]) -> {job id: finished}; see JobType.batch_handler
+BatchHandler = Callable[..., dict[int, bool]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,12 @@ class JobType:
     # time; the job is then due at once with the scheduled time and ``early: true`` in its payload,
     # and the handler prepares what it can and queues the time-critical part for the time itself.
     prepares_ahead: bool = False
+    # Runs every job of this type that one claim returned, together (fewer transactions when many are
+    # due at once). It finishes the jobs it completes itself and returns {job id: True if finished,
+    # False if its lease was lost at the end}; every job it leaves out, or all of them if it raises,
+    # goes to ``handler`` one by one. So it may take only the common case and leave the rest, and it
+    # must leave each job it does not finish where ``handler`` can pick it up safely.
+    batch_handler: BatchHandler | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,19 @@ def job_type(
                 raise ValueError(f"job type {name!r} is already registered by {existing.handler!r}")
         doc = (handler.__doc__ or "").strip().splitlines()
         _JOB_TYPES[name] = JobType(
-            name, handler, delivery, max_attempts, doc[0] if doc else "", timeout_seconds, prepares_ahead
-        )
+            name, handler, delivery, max_attempts, doc[0] if doc else "", timeout_seconds, prepares_ahead,
+            existing.batch_handler if existing is not None else None,
+        )  # fmt: skip
+        return handler
+
+    return register
+
+
+def batch_handler(name: str) -> Callable[[BatchHandler], BatchHandler]:
+    """Decorator registering the batch handler of the already registered job type ``name``."""
+
+    def register(handler: BatchHandler) -> BatchHandler:
+        _JOB_TYPES[name] = dataclasses.replace(get(name), batch_handler=handler)
         return handler
 
     return register

@@ -110,21 +110,34 @@ class DbBudget(LimitTable):
         with self._engine.connect() as conn:
             trans = conn.begin()  # SQLite: BEGIN IMMEDIATE
             try:
-                current = now or db_now(conn)
-                epoch = current.timestamp()
-                blocked = self._blocked(conn, plan, epoch)
-                for limit, start, end, rows in self._batches(plan, epoch):
-                    if not self._take(conn, limit, start, rows) and (blocked is None or end > blocked[0]):
-                        blocked = (end, limit.name)
-                if blocked is not None:
+                grant = self._acquire(conn, plan, now)
+                if grant.ok:
+                    trans.commit()
+                else:
                     trans.rollback()  # all or nothing: undo the counters this call did take
-                    return denied_grant(blocked[0], blocked[1], epoch)
-                trans.commit()
             except BaseException:
                 if trans.is_active:
                     trans.rollback()
                 raise
-        return Grant(True)
+        return grant
+
+    def acquire_in(
+        self, conn: sa.Connection, asks: Iterable[Ask | tuple[str, str, int]], *, now: datetime | None = None
+    ) -> Grant:
+        """:meth:`acquire_many` inside the caller's transaction, so a spend commits with the caller's own
+        writes (one transaction instead of two). On a refusal some counters may have been taken: the
+        caller must roll its transaction back (all or nothing is then the caller's)."""
+        plan = self.merged(asks)
+        return self._acquire(conn, plan, now) if plan else Grant(True)
+
+    def _acquire(self, conn: sa.Connection, plan: list[tuple[Limit, str, int]], now: datetime | None) -> Grant:
+        current = now or db_now(conn)
+        epoch = current.timestamp()
+        blocked = self._blocked(conn, plan, epoch)
+        for limit, start, end, rows in self._batches(plan, epoch):
+            if not self._take(conn, limit, start, rows) and (blocked is None or end > blocked[0]):
+                blocked = (end, limit.name)
+        return Grant(True) if blocked is None else denied_grant(blocked[0], blocked[1], epoch)
 
     def _batches(self, plan: list[tuple[Limit, str, int]], epoch: float):
         """The plan as (limit, window start, window end, [(bucket, n)]) batches, in bucket order."""

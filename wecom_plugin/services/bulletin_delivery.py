@@ -58,6 +58,10 @@ DELIVERY = BulletinDelivery.__table__
 STEP = JobStep.__table__
 MESSAGE_USERS_PER_CALL = 1000
 SCHEDULE_CHANGED = "发送时间已修改 / the schedule was changed"
+UNKNOWN_REASON = (
+    "发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
+    "outcome unknown: not resent automatically; resend explicitly after checking"
+)
 OPEN_STATES = ("pending", "deferred")  # closed: sent failed unknown missed skipped cancelled
 
 
@@ -646,8 +650,7 @@ class _Sender:
                 why = _step_detail(s, self.ctx.job_id, f"d{d.id}") or {}
                 self._finish(s, d, "failed", errcode=_errcode_text(why.get("error", "")), reason=why.get("error", ""))
                 return "failed"
-            self._finish(s, d, "unknown", reason="发送结果未知，不会自动重发；核实后可用 bulletins resend 重发 / "
-                         "outcome unknown: not resent automatically; resend explicitly after checking")  # fmt: skip
+            self._finish(s, d, "unknown", reason=UNKNOWN_REASON)
             return "unknown"
 
     def _finish(self, s, d, state: str, *, errcode=None, msgid=None, reason: str = "", sent_at=None) -> None:

@@ -130,11 +130,18 @@ def send(
     """
     body: dict[str, Any] = {"chatid": chatid}
     body.update(envelope(APPCHAT, message, safe))
-    spend: list[Ask] = []
-    if members:
-        n = len(members)
-        spend = [Ask(APPCHAT_SEND_CORP_MINUTE.name, CORP, n), Ask(APPCHAT_SEND_CORP_HOUR_NAME, CORP, n)]
-        for userid in members:
-            spend.append(Ask(APPCHAT_SEND_MEMBER_MINUTE.name, member_key(userid)))
-            spend.append(Ask(APPCHAT_SEND_MEMBER_DAY.name, member_key(userid)))
-    client.post("appchat/send", body, spend=spend)
+    client.post("appchat/send", body, spend=send_asks(members or ()))
+
+
+def send_asks(members: Sequence[str]) -> list[Ask]:
+    """What one ``appchat/send`` to a chat of ``members`` takes from the budget: one person-time per
+    member from the corp's minute and hour, and one send from each member's minute and day (none for
+    an empty list)."""
+    if not members:
+        return []
+    n = len(members)
+    asks = [Ask(APPCHAT_SEND_CORP_MINUTE.name, CORP, n), Ask(APPCHAT_SEND_CORP_HOUR_NAME, CORP, n)]
+    for userid in members:
+        asks.append(Ask(APPCHAT_SEND_MEMBER_MINUTE.name, member_key(userid)))
+        asks.append(Ask(APPCHAT_SEND_MEMBER_DAY.name, member_key(userid)))
+    return asks

@@ -1,0 +1,363 @@
+"""The prepared sends of one claimed batch, together: the fast path of ``bulletins.send``.
+
+At a busy minute (every team's 09:00 report) a worker claims many ``bulletins.send`` jobs at once. Run one
+job at a time, each send costs about eight transactions and thirty statements (lease, delivery claim, step
+mark, budget, step result, delivery, run, job): at a thousand sends the plugin, not WeCom, made bulletins
+late. This handler does the same work for the whole batch in three short transactions around the calls:
+
+1. a read (no write lock on SQLite): the runs, deliveries, bulletins, schedules, groups and members; each
+   run judged again as :func:`~wecom_plugin.services.bulletin_delivery._send_prepared` judges it, and each
+   message rendered;
+2. one write: every lease renewed, every delivery claimed for its job (only if still pending and
+   unclaimed), every step marked ``sending``, and the budget of every send taken. Anything refused (a
+   lease lost, a delivery taken meanwhile, the budget) rolls it all back and leaves every job to the
+   per-job handler;
+3. the calls, one after another on one connection used by this batch only. Each call is made only while
+   the leases renewed in 2 cannot have expired (a local deadline; past it they are renewed again, and a
+   job whose lease is lost makes no further call);
+4. one write: the steps' and deliveries' outcomes, the runs settled, the jobs done.
+
+It takes only the common case: a run that has not started, every delivery of it a pending app chat due
+at its time and within its grace, outside quiet windows, with a known member list, and a message that
+renders. Anything else (a veto, a robot or message/send target, a quiet window, a retry, a schedule edited
+since the clock materialised the occurrence) is left to the per-job handler, which then finds the job
+untouched. The at-most-once rules are the per-job ones: a step marked ``sending`` whose outcome was not
+recorded ends ``unknown`` when its job is next run, never sent again; a call that proved nothing was
+applied (a refused connection, WeCom's 45009) forgets its mark and goes to the per-job handler, which
+tries it again with its own error handling (backoff, 45009 blocks in the budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from wecom_plugin.domain import bulletin_message as bm
+from wecom_plugin.domain import bulletin_schedule
+from wecom_plugin.errors import ConfigurationError, LeaseLostError, PermanentError, PluginError, describe_error
+from wecom_plugin.extensions import db
+from wecom_plugin.jobs.context import StepOutcome
+from wecom_plugin.models.bulletins import Bulletin
+from wecom_plugin.models.dbtime import db_now
+from wecom_plugin.models.groups import ChatMember, GovernedGroup
+from wecom_plugin.runtime import claim
+from wecom_plugin.services import bulletin_delivery as bd
+from wecom_plugin.services import bulletins
+
+log = logging.getLogger("wecom_plugin.bulletins")
+
+BULLETIN = Bulletin.__table__
+GROUP = GovernedGroup.__table__
+MEMBER = ChatMember.__table__
+# A call is made only this long before the lease renewed in the claim transaction could expire: the
+# local deadline is taken before that transaction began, and two clocks may drift a little.
+LEASE_MARGIN_SECONDS = 1.0
+
+
+class _Refused(Exception):
+    """The claim transaction could not take everything (a lease, a delivery, the budget): roll back."""
+
+
+@dataclass
+class _Send:
+    ctx: Any  # JobContext
+    delivery_id: int
+    run_id: int
+    bulletin_id: int
+    version: int  # the bulletin's, as read
+    chatid: str
+    rendered: Any  # bm.Rendered
+    members: list[str]
+    # filled by the call:
+    outcome: StepOutcome | None = None  # None: not called, or nothing applied; the mark is forgotten
+    detail: dict[str, Any] | None = None
+    state: str = ""  # the delivery's new state; "" leaves it pending for the per-job handler
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> str:
+        return f"d{self.delivery_id}"
+
+
+def send_batch(ctxs: list[Any]) -> dict[int, bool]:
+    """The batch handler of ``bulletins.send`` (see :class:`~wecom_plugin.runtime.registry.JobType`).
+
+    Returns ``{job id: finished}`` for the jobs it completed (False: the lease was lost before the job
+    row could be marked done; the outcomes are recorded all the same). Every other job is untouched."""
+    if not ctxs:
+        return {}
+    started = time.monotonic()
+    plans = _read_plans(ctxs)
+    if not plans:
+        return {}
+    lease_seconds = min(c.lease_seconds for c in ctxs)
+    try:
+        with db.engine.begin() as conn:
+            _claim(conn, plans, lease_seconds)
+    except _Refused as why:
+        log.info("bulletins.send batch left to the per-job handler: %s", why)
+        return {}
+    sends = [s for group in plans.values() for s in group]
+    try:
+        _call(sends, ctxs[0], lease_seconds, started + lease_seconds - LEASE_MARGIN_SECONDS)
+    finally:
+        # Also when the calls were interrupted: what was called is recorded (the one in flight as
+        # unknown), what was not loses its mark, and the worker hands the rest to the per-job handler.
+        finished = _record(plans)
+    return finished
+
+
+# --- 1. read ----------------------------------------------------------------------------------------
+def _read_plans(ctxs: list[Any]) -> dict[int, list[_Send]]:
+    """{job id: its sends} for the jobs this batch can take (see the module docstring), read without a lock."""
+    from wecom_plugin.services.workday_calendar import load_calendar
+
+    candidates = [c for c in ctxs if c.attempt == 1 and c.payload.get("prepared_for") and c.payload.get("run_id")]
+    if not candidates:
+        return {}
+    settings = candidates[0].settings
+    run_ids = {int(c.payload["run_id"]) for c in candidates}
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin="DEFERRED")
+        with conn.begin():
+            now = db_now(conn)
+            runs = {r.id: r for r in conn.execute(sa.select(bd.RUN).where(bd.RUN.c.id.in_(run_ids)))}
+            by_run: dict[int, list[Any]] = defaultdict(list)
+            for d in conn.execute(sa.select(bd.DELIVERY).where(bd.DELIVERY.c.run_id.in_(run_ids))):
+                by_run[d.run_id].append(d)
+            bulletin_ids = {r.bulletin_id for r in runs.values()}
+            rows = {b.id: b for b in conn.execute(sa.select(BULLETIN).where(BULLETIN.c.id.in_(bulletin_ids)))}
+            versions = {
+                key: (payload or {}).get("spec_version")
+                for key, payload in conn.execute(
+                    sa.select(bd.SCHEDULE.c.key, bd.SCHEDULE.c.payload).where(
+                        bd.SCHEDULE.c.key.in_([bulletins.schedule_key(b) for b in bulletin_ids])
+                    )
+                )
+            }
+            calendar = load_calendar(conn, settings.calendar_fallback)
+            group_ids = {_chat_id(d.target) for ds in by_run.values() for d in ds} - {None}
+            groups = {g.id: g for g in conn.execute(sa.select(GROUP).where(GROUP.c.id.in_(group_ids)))}
+            members: dict[int, list[str]] = defaultdict(list)
+            for group_id, userid in conn.execute(
+                sa.select(MEMBER.c.group_id, MEMBER.c.userid).where(MEMBER.c.group_id.in_(group_ids))
+            ):
+                members[group_id].append(userid)
+    plans: dict[int, list[_Send]] = {}
+    for ctx in candidates:
+        run = runs.get(int(ctx.payload["run_id"]))
+        row = rows.get(run.bulletin_id) if run is not None else None
+        sends = _sends_of(ctx, run, row, by_run.get(run.id, []) if run else [], versions, calendar, groups,
+                          members, now)  # fmt: skip
+        if sends:
+            plans[ctx.job_id] = sends
+    return plans
+
+
+def _chat_id(target: str) -> int | None:
+    kind, _, ref = target.partition(":")
+    return int(ref) if kind == "chat" and ref.isdigit() else None
+
+
+def _sends_of(ctx, run, row, deliveries, versions, calendar, groups, members, now: datetime) -> list[_Send]:
+    """The sends of one job's run, or [] when anything about it is not the common case."""
+    scheduled = datetime.fromisoformat(ctx.payload["prepared_for"])
+    if run is None or run.state != "running" or row is None or row.state != "active" or not deliveries:
+        return []
+    snapshot = run.snapshot or {}
+    local = scheduled.astimezone(ZoneInfo(snapshot.get("timezone", row.timezone)))
+    if bulletin_schedule.day_verdict(row.schedule, local.date(), calendar).state != bulletin_schedule.YES:
+        return []
+    if "spec_version" in ctx.payload and versions.get(bulletins.schedule_key(row.id)) != ctx.payload["spec_version"]:
+        return []  # edited since materialised: the per-job handler judges whether the time was kept
+    spec = bm.MessageSpec.from_doc(snapshot.get("message", row.message))
+    confidential = snapshot.get("confidential", row.confidential)
+    chats = set(row.targets.get("chats", []))
+    sends = []
+    for d in deliveries:
+        group = groups.get(_chat_id(d.target))
+        if (
+            d.state != "pending" or d.job_id is not None or d.attempt != 1 or d.due_at != scheduled
+            or now > d.deadline_at or group is None or group.id not in chats or group.status != "active"
+            or not group.chatid or not members.get(group.id)
+        ):  # fmt: skip
+            return []
+        target = bd._Target(d.target, tuple(ctx.settings.bulletin_quiet_windows) + tuple(group.quiet_windows or ()))
+        if bd._quiet(target, row.quiet_policy, now, ctx.settings) != bd._Quiet("pending"):
+            return []
+        context = bm.template_context(local, group_name=group.name, bulletin_name=row.name)
+        try:
+            rendered = bm.render(spec, bm.PATH_APPCHAT, context, confidential=confidential)
+        except bm.BulletinMessageError:
+            return []
+        sends.append(_Send(ctx, d.id, run.id, row.id, row.version, group.chatid, rendered, members[group.id]))
+    return sends
+
+
+# --- 2. claim ---------------------------------------------------------------------------------------
+def _claim(conn: sa.Connection, plans: dict[int, list[_Send]], lease_seconds: float) -> None:
+    """Leases, deliveries, step marks and the budget, all or nothing (raises :class:`_Refused`)."""
+    from wecom_plugin.services.wecom import budget_for
+    from wecom_plugin.wecom.api import appchat
+
+    ctxs = {sends[0].ctx.job_id: sends[0].ctx for sends in plans.values()}
+    held = claim.renew_all(conn, bd.JOB, [(c.job_id, c.fence) for c in ctxs.values()], lease_seconds)
+    if held != set(ctxs):
+        raise _Refused(f"lease lost: jobs {sorted(set(ctxs) - held)}")
+    # A bulletin paused, deleted or edited since the read is judged by the per-job handler.
+    versions = {s.bulletin_id: s.version for sends in plans.values() for s in sends}
+    current = dict(
+        conn.execute(
+            sa.select(BULLETIN.c.id, BULLETIN.c.version).where(
+                BULLETIN.c.id.in_(versions), BULLETIN.c.state == "active"
+            )
+        ).all()
+    )
+    if current != versions:
+        raise _Refused("a bulletin changed since it was read")
+    owner = {s.delivery_id: s.ctx.job_id for sends in plans.values() for s in sends}
+    claimed = set(
+        conn.execute(
+            sa.update(bd.DELIVERY)
+            .where(bd.DELIVERY.c.id.in_(owner), bd.DELIVERY.c.state == "pending", bd.DELIVERY.c.job_id.is_(None))
+            .values(job_id=sa.case(owner, value=bd.DELIVERY.c.id))
+            .returning(bd.DELIVERY.c.id)
+        ).scalars()
+    )
+    if claimed != set(owner):
+        raise _Refused(f"deliveries taken meanwhile: {sorted(set(owner) - claimed)}")
+    for job_id, sends in plans.items():
+        ctxs[job_id].mark_sending_in(conn, [s.step for s in sends])
+    # Last, so the budget's counter rows (the corp's are shared by every sender) are locked briefly.
+    settings = next(iter(ctxs.values())).settings
+    asks = [ask for sends in plans.values() for s in sends for ask in appchat.send_asks(s.members)]
+    grant = budget_for(conn.engine, settings).acquire_in(conn, asks)
+    if not grant.ok:
+        raise _Refused(f"budget: {grant.limit_name} for {grant.wait:.0f} s")
+
+
+# --- 3. call ----------------------------------------------------------------------------------------
+def _call(sends: list[_Send], first_ctx, lease_seconds: float, valid_until: float) -> None:
+    """Each send's call, behind the local lease deadline; fills in outcome, detail, state and values."""
+    from wecom_plugin.services.wecom import client_for
+    from wecom_plugin.wecom.api import appchat
+
+    live = {s.ctx.job_id: s.ctx for s in sends}
+    current: list[Any] = [None]
+    deadline = [valid_until]
+
+    def guard() -> None:
+        if time.monotonic() < deadline[0]:
+            return
+        began = time.monotonic()
+        with db.engine.begin() as conn:
+            held = claim.renew_all(conn, bd.JOB, [(c.job_id, c.fence) for c in live.values()], lease_seconds)
+        for job_id in set(live) - held:
+            live.pop(job_id)
+        deadline[0] = began + lease_seconds - LEASE_MARGIN_SECONDS
+        if current[0].job_id not in held:
+            raise LeaseLostError(f"job {current[0].job_id} lease lost (fence {current[0].fence})")
+
+    # The budget was taken in the claim transaction: the client takes none again.
+    with client_for(first_ctx.app, guard=guard, budget=None) as client:
+        for s in sends:
+            if s.ctx.job_id not in live:
+                continue  # its lease is lost: no further call; the mark is forgotten
+            current[0] = s.ctx
+            sent_at = datetime.now(UTC)
+            # Until the call answers, its outcome is unknown (recorded so if the calls are interrupted).
+            s.outcome, s.detail = StepOutcome.UNKNOWN, {"why": "interrupted during the call"}
+            s.state, s.values = "unknown", {"reason": bd.UNKNOWN_REASON}
+            try:
+                appchat.send(client, s.chatid, s.rendered.message, safe=s.rendered.safe)
+            except LeaseLostError:
+                # Raised by the guard, before the request: nothing was sent.
+                live.pop(s.ctx.job_id, None)
+                s.outcome, s.detail, s.state, s.values = None, None, "", {}
+            except ConfigurationError as exc:
+                # Nothing was sent, and retrying cannot help until a person fixes a setting.
+                s.outcome, s.detail = None, None
+                s.state, s.values = "failed", {"errcode": bd._errcode(exc), "reason": describe_error(exc, 500)}
+            except PluginError as exc:
+                _failed_call(s, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug mid-call: it may have sent; never repeat it
+                log.exception("bulletins.send batch: delivery %s", s.delivery_id)
+                s.outcome, s.detail = StepOutcome.UNKNOWN, {"why": describe_error(exc, 1000)}
+                s.state, s.values = "unknown", {"reason": bd.UNKNOWN_REASON}
+            else:
+                s.outcome, s.detail = StepOutcome.DONE, {"errcode": 0, "sent_at": sent_at.isoformat()}
+                s.state, s.values = "sent", {"errcode": 0, "sent_at": sent_at}
+
+
+def _failed_call(s: _Send, exc: PluginError) -> None:
+    """A call that raised: sent or not, known or not, as :meth:`JobContext.run_step` and the per-job
+    handler judge it."""
+    if exc.side_effect_possible:
+        s.outcome, s.detail = StepOutcome.UNKNOWN, {"why": describe_error(exc, 1000)}
+        s.state, s.values = "unknown", {"reason": bd.UNKNOWN_REASON}
+    elif isinstance(exc, PermanentError):
+        why = describe_error(exc, 1000)
+        s.outcome, s.detail = StepOutcome.FAILED, {"error": why}
+        s.state, s.values = "failed", {"errcode": bd._errcode_text(why), "reason": why}
+    else:
+        # Nothing was applied (a refused connection, 45009): the mark is forgotten, the delivery stays
+        # pending for the per-job handler.
+        s.outcome, s.detail, s.state, s.values = None, None, "", {}
+
+
+def _bound(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"_{key}": value for key, value in values.items()}
+
+
+# --- 4. record --------------------------------------------------------------------------------------
+def _record(plans: dict[int, list[_Send]]) -> dict[int, bool]:
+    """One transaction: steps, deliveries, runs and jobs. Outcomes are recorded even for a job whose
+    lease was lost meanwhile (the calls did happen); the job row only by its own holder."""
+    finished: dict[int, bool] = {}
+    with db.engine.begin() as conn:
+        now = db_now(conn)
+        updates = []
+        for sends in plans.values():
+            for s in sends:
+                s.ctx.close_step_in(conn, s.step, s.outcome, s.detail)
+                if s.state:
+                    values = {"errcode": None, "msgid": None, "sent_at": None, "reason": "", **s.values}
+                    updates.append({"_id": s.delivery_id, "_state": s.state, "_now": now} | _bound(values))
+        if updates:
+            d = bd.DELIVERY
+            conn.execute(
+                sa.update(d)
+                .where(d.c.id == sa.bindparam("_id"))
+                .values(
+                    state=sa.bindparam("_state"),
+                    updated_at=sa.bindparam("_now"),
+                    errcode=sa.bindparam("_errcode"),
+                    msgid=sa.bindparam("_msgid"),
+                    sent_at=sa.bindparam("_sent_at"),
+                    reason=sa.bindparam("_reason"),
+                ),  # fmt: skip
+                updates,
+            )
+        for job_id, sends in plans.items():
+            if any(not s.state for s in sends):
+                continue  # a send left for the per-job handler: the job is not done
+            counts: dict[str, int] = {}
+            for s in sends:
+                counts[s.state] = counts.get(s.state, 0) + 1
+            # Every delivery of the run was in this job (see _sends_of), so the run is settled here.
+            final = "done" if set(counts) == {"sent"} else "partial"
+            conn.execute(
+                sa.update(bd.RUN)
+                .where(bd.RUN.c.id == sends[0].run_id, bd.RUN.c.state == "running")
+                .values(state=final, finished_at=now)
+            )
+            # "batch": how many jobs were sent together (the per-job handler's result has no such key).
+            finished[job_id] = sends[0].ctx.finish_in(conn, {"deliveries": counts, "batch": len(plans)})
+    return finished

@@ -106,6 +106,15 @@ def test_prepared_sends_due_together_go_out_in_one_batch_each_once(tenant_app, e
     assert _corp_minute(tenant_app) - before == 8
 
 
+def test_a_full_claim_is_topped_up_to_the_batch_size(tenant_app, emulator):
+    """A worker whose share is two jobs claims two send jobs: more are waiting, so it claims the rest of a
+    batch (25) at once and sends them together."""
+    prepared = _prepared(tenant_app, emulator, 5)
+    assert Worker(tenant_app, batch_size=2, names=["bulletins.send"]).run_once() == 5
+    assert [len(chat_messages(emulator, c)) for _b, c in prepared] == [1] * 5
+    assert [j.result.get("batch") for j in _send_jobs(tenant_app)] == [5] * 5
+
+
 def test_what_a_batch_cannot_take_goes_to_the_per_job_handler(tenant_app, emulator):
     """A paused bulletin (vetoed) and one with a robot target are left to the per-job handler; the others
     still go together."""

@@ -70,7 +70,19 @@ def test_an_expired_lease_is_not_revived_by_its_holder_even_if_nobody_took_it(ap
         _set_lease_expiry(db.engine, job_id, -timedelta(milliseconds=1))
         with db.engine.begin() as conn:
             assert not claim.renew(conn, JOB, job_id, held.fence, 60)
-            assert claim.renew_many(conn, JOB, [(job_id, held.fence)], 60) == {job_id}
+            assert claim.renew_all(conn, JOB, [(job_id, held.fence)], 60) == set()
+
+
+def test_renew_all_renews_only_the_leases_still_held(app):
+    """The batch renewal: a valid lease is extended, an expired one and a stale fence are not."""
+    with app.app_context():
+        ids = [enqueue("noop") for _ in range(3)]
+        db.session.commit()
+        held = {c.id: c for c in _claim(db.engine)}
+        _set_lease_expiry(db.engine, ids[1], -timedelta(milliseconds=1))
+        with db.engine.begin() as conn:
+            pairs = [(ids[0], held[ids[0]].fence), (ids[1], held[ids[1]].fence), (ids[2], held[ids[2]].fence + 1)]
+            assert claim.renew_all(conn, JOB, pairs, 60) == {ids[0]}
 
 
 def test_the_database_clock_decides_what_is_due(app):

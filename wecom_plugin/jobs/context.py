@@ -183,29 +183,10 @@ class JobContext:
         return StepResult(StepOutcome.DONE, value)
 
     # --- the same, for a batch handler (see registry.JobType.batch_handler) ------------------------
-    def mark_sending_in(self, conn: sa.Connection, targets: list[str]) -> None:
-        """Mark ``targets`` ``sending`` in the caller's transaction, which must also have renewed this
-        job's lease (:func:`~wecom_plugin.runtime.claim.renew_all`) and checked no step of them exists:
-        the two committed together are :meth:`run_step`'s promise that nobody else will send them."""
-        now = utcnow()
-        conn.execute(
-            sa.insert(STEP),
-            [
-                {
-                    "job_id": self.job_id,
-                    "target": str(t)[:255],
-                    "state": "sending",
-                    "fence": self.fence,
-                    "updated_at": now,
-                }
-                for t in targets
-            ],
-        )
-
     def close_step_in(
         self, conn: sa.Connection, target: str, outcome: StepOutcome, detail: dict[str, Any] | None
     ) -> None:
-        """Record how a step marked by :meth:`mark_sending_in` ended: DONE, FAILED or UNKNOWN (alerted).
+        """Record how a step marked by :func:`mark_sending_in` ended: DONE, FAILED or UNKNOWN (alerted).
         ``None`` as outcome forgets the mark: the call proved nothing was applied, the target may be tried
         again. Only this holder's own mark is touched (a takeover's ``unknown`` stays)."""
         target = str(target)[:255]
@@ -222,13 +203,7 @@ class JobContext:
 
     def finish_in(self, conn: sa.Connection, result: dict[str, Any] | None) -> bool:
         """Mark the job done in the caller's transaction (fenced); False if its lease was lost."""
-        from wecom_plugin.models.claims import ClaimState
-        from wecom_plugin.models.dbtime import sql_now
-
-        return claim.finish(
-            conn, JOB, self.job_id, self.fence, state=ClaimState.DONE, finished_at=sql_now(), result=result,
-            last_error=None,
-        )  # fmt: skip
+        return finish_all_in(conn, [(self, result)])[self.job_id]
 
     def abandon_sending_steps(self, why: str) -> int:
         """Mark every step left ``sending`` by an earlier holder ``unknown`` (with the alert)."""
@@ -302,6 +277,82 @@ class JobContext:
                 detail={"job_id": self.job_id, "target": target, "why": why[:500]},
                 session=conn,
             )
+
+
+def mark_sending_in(conn: sa.Connection, marks: list[tuple[JobContext, str]]) -> None:
+    """Mark each (job, target) ``sending`` in the caller's transaction, one statement for all. That
+    transaction must also have renewed the jobs' leases (:func:`~wecom_plugin.runtime.claim.renew_all`):
+    the two committed together are :meth:`JobContext.run_step`'s promise that nobody else will make these
+    calls. A step that already exists fails the insert (the caller rolls back)."""
+    now = utcnow()
+    rows = [
+        {"job_id": ctx.job_id, "target": str(target)[:255], "state": "sending", "fence": ctx.fence, "updated_at": now}
+        for ctx, target in marks
+    ]
+    conn.execute(sa.insert(STEP), rows)
+
+
+def close_steps_in(
+    conn: sa.Connection, closes: list[tuple[JobContext, str, StepOutcome | None, dict[str, Any] | None]]
+) -> None:
+    """:meth:`JobContext.close_step_in` for many steps: one statement per kind of outcome (an ``unknown``
+    one each, with its alert)."""
+    now = utcnow()
+    own = sa.and_(
+        STEP.c.job_id == sa.bindparam("_job"), STEP.c.target == sa.bindparam("_target"),
+        STEP.c.fence == sa.bindparam("_fence"), STEP.c.state == "sending",
+    )  # fmt: skip
+    updates, forgets = [], []
+    for ctx, target, outcome, detail in closes:
+        key = {"_job": ctx.job_id, "_target": str(target)[:255], "_fence": ctx.fence}
+        if outcome == StepOutcome.UNKNOWN:
+            ctx.close_step_in(conn, target, outcome, detail)
+        elif outcome is None:
+            forgets.append(key)
+        else:
+            updates.append({**key, "_state": outcome.value, "_detail": detail, "_now": now})
+    if updates:
+        conn.execute(
+            sa.update(STEP)
+            .where(own)
+            .values(state=sa.bindparam("_state"), detail=sa.bindparam("_detail"), updated_at=sa.bindparam("_now")),
+            updates,
+        )
+    if forgets:
+        conn.execute(sa.delete(STEP).where(own), forgets)
+
+
+def finish_all_in(conn: sa.Connection, done: list[tuple[JobContext, dict[str, Any] | None]]) -> dict[int, bool]:
+    """Mark jobs done in the caller's transaction, each fenced: {job id: False if its lease was lost}."""
+    from wecom_plugin.models.claims import ClaimState
+    from wecom_plugin.models.dbtime import sql_now
+
+    if not done:
+        return {}
+    conn.execute(
+        sa.update(JOB)
+        .where(
+            JOB.c.id == sa.bindparam("_id"), JOB.c.fence == sa.bindparam("_fence"), JOB.c.state == ClaimState.RUNNING
+        )
+        .values(
+            state=ClaimState.DONE,
+            finished_at=sql_now(),
+            result=sa.bindparam("_result"),
+            last_error=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        ),  # fmt: skip
+        [{"_id": ctx.job_id, "_fence": ctx.fence, "_result": result} for ctx, result in done],
+    )
+    # Which of them are now done by this holder (a takeover would have moved the fence on).
+    rows = conn.execute(
+        sa.select(JOB.c.id).where(
+            sa.tuple_(JOB.c.id, JOB.c.fence).in_([(ctx.job_id, ctx.fence) for ctx, _r in done]),
+            JOB.c.state == ClaimState.DONE,
+        )
+    )
+    mine = set(rows.scalars())
+    return {ctx.job_id: ctx.job_id in mine for ctx, _r in done}
 
 
 def _detail(value: Any) -> dict[str, Any] | None:

@@ -134,6 +134,7 @@ class Worker:
                 returning=_JOB_COLUMNS,
                 reclaim_expired=self._reclaim_due(),
             )
+            batch += self._top_up(conn, batch)
         with self._held_lock:
             self._held.update({c.id: c.fence for c in batch})
         rest = self._run_batch_handlers(batch)
@@ -147,6 +148,26 @@ class Worker:
                 with self._held_lock:
                     self._held.pop(claimed.id, None)
         return len(batch)
+
+    def _top_up(self, conn: sa.Connection, batch: list[claim.Claimed]) -> list[claim.Claimed]:
+        """A full claim holding jobs of a type with a batch handler means more of them are waiting: claim
+        up to the type's ``batch_size`` of them now (in the same transaction), so one batch carries their
+        fixed costs (a few transactions) instead of several. Other types keep the worker's share."""
+        if len(batch) < self.batch_size:
+            return []
+        counts: dict[str, int] = {}
+        for claimed in batch:
+            counts[claimed.row.name] = counts.get(claimed.row.name, 0) + 1
+        extra: list[claim.Claimed] = []
+        for name, have in counts.items():
+            job_type = registry.get(name)
+            if job_type.batch_handler is None or job_type.batch_size <= have:
+                continue
+            extra += claim.claim_batch(
+                conn, JOB, owner=self.owner, limit=job_type.batch_size - have, lease_seconds=self.lease_seconds,
+                where=JOB.c.name == name, returning=_JOB_COLUMNS, reclaim_expired=False,
+            )  # fmt: skip
+        return extra
 
     def _run_batch_handlers(self, batch: list[claim.Claimed]) -> list[claim.Claimed]:
         """Give the jobs of each type that has a batch handler to it, together; returns the jobs left for
@@ -327,7 +348,9 @@ class Worker:
                 held = self._drop_overrun(held)
                 try:
                     with self.engine.begin() as conn:
-                        lost = claim.renew_many(conn, JOB, held, self.lease_seconds)
+                        lost = {job_id for job_id, _fence in held} - claim.renew_all(
+                            conn, JOB, held, self.lease_seconds
+                        )
                 except sa.exc.SQLAlchemyError as exc:
                     # The database is briefly unreachable: leases may lapse, and the fenced
                     # writes make sure that is safe. Keep trying.

@@ -17,7 +17,7 @@ All times come from the database clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,15 +136,6 @@ def renew_all(conn: sa.Connection, table: sa.Table, held: Sequence[tuple[int, in
         .returning(c.id)
     )
     return set(conn.execute(stmt).scalars())
-
-
-def renew_many(conn: sa.Connection, table: sa.Table, held: Iterable[tuple[int, int]], lease_seconds: float) -> set[int]:
-    """Heartbeat for a batch of held rows; returns the ids whose lease is lost."""
-    lost = set()
-    for row_id, fence in held:
-        if not renew(conn, table, row_id, fence, lease_seconds):
-            lost.add(row_id)
-    return lost
 
 
 def finish(conn: sa.Connection, table: sa.Table, row_id: int, fence: int, **values: Any) -> bool:

@@ -51,6 +51,9 @@ class JobType:
     # goes to ``handler`` one by one. So it may take only the common case and leave the rest, and it
     # must leave each job it does not finish where ``handler`` can pick it up safely.
     batch_handler: BatchHandler | None = None
+    # How many jobs of this type one batch may hold: a worker whose claim came back full claims more of
+    # them, up to this many, for its batch handler.
+    batch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,17 +97,21 @@ def job_type(
         _JOB_TYPES[name] = JobType(
             name, handler, delivery, max_attempts, doc[0] if doc else "", timeout_seconds, prepares_ahead,
             existing.batch_handler if existing is not None else None,
+            existing.batch_size if existing is not None else 0,
         )  # fmt: skip
         return handler
 
     return register
 
 
-def batch_handler(name: str) -> Callable[[BatchHandler], BatchHandler]:
-    """Decorator registering the batch handler of the already registered job type ``name``."""
+def batch_handler(name: str, *, size: int) -> Callable[[BatchHandler], BatchHandler]:
+    """Decorator registering the batch handler of the already registered job type ``name``; ``size`` is the
+    most jobs one batch may hold (see ``JobType.batch_size``)."""
+    if size < 1:
+        raise ValueError("a batch holds at least one job")
 
     def register(handler: BatchHandler) -> BatchHandler:
-        _JOB_TYPES[name] = dataclasses.replace(get(name), batch_handler=handler)
+        _JOB_TYPES[name] = dataclasses.replace(get(name), batch_handler=handler, batch_size=size)
         return handler
 
     return register

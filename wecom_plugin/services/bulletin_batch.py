@@ -144,7 +144,14 @@ def _read_plans(ctxs: list[Any]) -> dict[int, list[_Send]]:
             }
             calendar = load_calendar(conn, settings.calendar_fallback)
             group_ids = {_chat_id(d.target) for ds in by_run.values() for d in ds} - {None}
-            groups = {g.id: g for g in conn.execute(sa.select(GROUP).where(GROUP.c.id.in_(group_ids)))}
+            groups = {
+                g.id: g
+                for g in conn.execute(
+                    sa.select(GROUP.c.id, GROUP.c.name, GROUP.c.status, GROUP.c.chatid, GROUP.c.quiet_windows).where(
+                        GROUP.c.id.in_(group_ids)
+                    )
+                )
+            }
             members: dict[int, list[str]] = defaultdict(list)
             for group_id, userid in conn.execute(
                 sa.select(MEMBER.c.group_id, MEMBER.c.userid).where(MEMBER.c.group_id.in_(group_ids))
@@ -204,6 +211,7 @@ def _sends_of(ctx, run, row, deliveries, versions, calendar, groups, members, no
 # --- 2. claim ---------------------------------------------------------------------------------------
 def _claim(conn: sa.Connection, plans: dict[int, list[_Send]], lease_seconds: float) -> None:
     """Leases, deliveries, step marks and the budget, all or nothing (raises :class:`_Refused`)."""
+    from wecom_plugin.jobs.context import mark_sending_in
     from wecom_plugin.services.wecom import budget_for
     from wecom_plugin.wecom.api import appchat
 
@@ -233,8 +241,7 @@ def _claim(conn: sa.Connection, plans: dict[int, list[_Send]], lease_seconds: fl
     )
     if claimed != set(owner):
         raise _Refused(f"deliveries taken meanwhile: {sorted(set(owner) - claimed)}")
-    for job_id, sends in plans.items():
-        ctxs[job_id].mark_sending_in(conn, [s.step for s in sends])
+    mark_sending_in(conn, [(s.ctx, s.step) for sends in plans.values() for s in sends])
     # Last, so the budget's counter rows (the corp's are shared by every sender) are locked briefly.
     settings = next(iter(ctxs.values())).settings
     asks = [ask for sends in plans.values() for s in sends for ask in appchat.send_asks(s.members)]
@@ -320,16 +327,18 @@ def _bound(values: dict[str, Any]) -> dict[str, Any]:
 def _record(plans: dict[int, list[_Send]]) -> dict[int, bool]:
     """One transaction: steps, deliveries, runs and jobs. Outcomes are recorded even for a job whose
     lease was lost meanwhile (the calls did happen); the job row only by its own holder."""
-    finished: dict[int, bool] = {}
+    from wecom_plugin.jobs.context import close_steps_in, finish_all_in
+
+    sends = [s for group in plans.values() for s in group]
     with db.engine.begin() as conn:
         now = db_now(conn)
-        updates = []
-        for sends in plans.values():
-            for s in sends:
-                s.ctx.close_step_in(conn, s.step, s.outcome, s.detail)
-                if s.state:
-                    values = {"errcode": None, "msgid": None, "sent_at": None, "reason": "", **s.values}
-                    updates.append({"_id": s.delivery_id, "_state": s.state, "_now": now} | _bound(values))
+        close_steps_in(conn, [(s.ctx, s.step, s.outcome, s.detail) for s in sends])
+        updates = [
+            {"_id": s.delivery_id, "_state": s.state, "_now": now}
+            | _bound({"errcode": None, "msgid": None, "sent_at": None, "reason": "", **s.values})
+            for s in sends
+            if s.state
+        ]
         if updates:
             d = bd.DELIVERY
             conn.execute(
@@ -345,19 +354,22 @@ def _record(plans: dict[int, list[_Send]]) -> dict[int, bool]:
                 ),  # fmt: skip
                 updates,
             )
-        for job_id, sends in plans.items():
-            if any(not s.state for s in sends):
+        settled, done = [], []
+        for group in plans.values():
+            if any(not s.state for s in group):
                 continue  # a send left for the per-job handler: the job is not done
             counts: dict[str, int] = {}
-            for s in sends:
+            for s in group:
                 counts[s.state] = counts.get(s.state, 0) + 1
             # Every delivery of the run was in this job (see _sends_of), so the run is settled here.
-            final = "done" if set(counts) == {"sent"} else "partial"
+            settled.append({"_id": group[0].run_id, "_state": "done" if set(counts) == {"sent"} else "partial"})
+            # "batch": how many jobs were sent together (the per-job handler's result has no such key).
+            done.append((group[0].ctx, {"deliveries": counts, "batch": len(plans)}))
+        if settled:
             conn.execute(
                 sa.update(bd.RUN)
-                .where(bd.RUN.c.id == sends[0].run_id, bd.RUN.c.state == "running")
-                .values(state=final, finished_at=now)
+                .where(bd.RUN.c.id == sa.bindparam("_id"), bd.RUN.c.state == "running")
+                .values(state=sa.bindparam("_state"), finished_at=now),
+                settled,
             )
-            # "batch": how many jobs were sent together (the per-job handler's result has no such key).
-            finished[job_id] = sends[0].ctx.finish_in(conn, {"deliveries": counts, "batch": len(plans)})
-    return finished
+        return finish_all_in(conn, done)

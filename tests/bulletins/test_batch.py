@@ -333,3 +333,40 @@ def test_a_batch_that_lost_its_leases_makes_no_further_call(tenant_app, emulator
     assert [len(chat_messages(emulator, c)) for _b, c in prepared] == [1, 1, 1]
     assert [[d.state for d in deliveries(tenant_app, b)] for b, _c in prepared] == [["sent"]] * 3
     assert [[r.state for r in runs(tenant_app, b)] for b, _c in prepared] == [["done"]] * 3
+
+
+def test_a_send_whose_grace_runs_out_during_the_batch_is_not_made(tenant_app, emulator):
+    """The calls before it took so long that a delivery's grace ran out: it is not called, and the per-job
+    handler records it missed (with its alert), as one job at a time would."""
+    prepared = _prepared(tenant_app, emulator, 3)
+    [last] = deliveries(tenant_app, prepared[2][0])
+    with tenant_app.app_context():
+        soon = db_now(db.session) + timedelta(seconds=1.5)
+        db.session.execute(sa.update(BulletinDelivery).where(BulletinDelivery.id == last.id).values(deadline_at=soon))
+        db.session.commit()
+    emulator.admin("faults", action="latency", endpoint="appchat/send", seconds=1.0)
+    try:
+        Worker(tenant_app, names=["bulletins.send"]).run_once()
+    finally:
+        emulator.admin("faults", method="DELETE")
+    assert [len(chat_messages(emulator, c)) for _b, c in prepared] == [1, 1, 0]
+    [missed] = deliveries(tenant_app, prepared[2][0])
+    assert missed.state == "missed"
+    assert [j.result.get("batch") for j in _send_jobs(tenant_app)] == [3, 3, None]
+
+
+def test_big_chats_are_granted_in_chunks_a_minute_can_hold():
+    """One grant for 25 chats of 2,000 members would exceed the corp's minute (18,000 granted) and never be
+    granted: the batch takes them in chunks of at most PERSON_TIMES_PER_CHUNK recipients."""
+    from wecom_plugin.services import bulletin_batch as bb
+
+    def plan(job_id: int, members: int):
+        send = bb._Send(None, job_id, job_id, job_id, 1, None, "c", None, [f"u{i}" for i in range(members)])
+        return job_id, [send]
+
+    plans = dict(plan(job_id, 2000) for job_id in range(1, 26))
+    chunks = bb._chunks(plans)
+    assert [len(chunk) for chunk in chunks] == [2] * 12 + [1]
+    assert max(sum(len(s.members) for sends in c.values() for s in sends) for c in chunks) <= bb.PERSON_TIMES_PER_CHUNK
+    assert len(bb._chunks(dict([plan(1, 9000)]))) == 1  # a chat bigger than a chunk goes alone
+    assert [len(c) for c in bb._chunks(dict(plan(job_id, 15) for job_id in range(1, 26)))] == [25]

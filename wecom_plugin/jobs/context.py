@@ -329,6 +329,7 @@ def finish_all_in(conn: sa.Connection, done: list[tuple[JobContext, dict[str, An
 
     if not done:
         return {}
+    done = sorted(done, key=lambda item: item[0].job_id)  # id order, as renew_all locks (no deadlock)
     conn.execute(
         sa.update(JOB)
         .where(

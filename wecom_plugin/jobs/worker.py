@@ -137,15 +137,22 @@ class Worker:
             batch += self._top_up(conn, batch)
         with self._held_lock:
             self._held.update({c.id: c.fence for c in batch})
-        rest = self._run_batch_handlers(batch)
-        for index, claimed in enumerate(rest):
-            if self._stop.is_set():
-                self._hand_back(rest[index:])
-                break
-            try:
-                self._run(claimed)
-            finally:
-                with self._held_lock:
+        try:
+            rest = self._run_batch_handlers(batch)
+            for index, claimed in enumerate(rest):
+                if self._stop.is_set():
+                    self._hand_back(rest[index:])
+                    break
+                try:
+                    self._run(claimed)
+                finally:
+                    with self._held_lock:
+                        self._held.pop(claimed.id, None)
+        finally:
+            # A database error escaping (a job's final write, a hand-back) must not leave the rest held:
+            # the lease keeper would renew them forever. Let their leases lapse for another worker.
+            with self._held_lock:
+                for claimed in batch:
                     self._held.pop(claimed.id, None)
         return len(batch)
 

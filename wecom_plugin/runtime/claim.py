@@ -125,6 +125,10 @@ def renew_all(conn: sa.Connection, table: sa.Table, held: Sequence[tuple[int, in
     if not held:
         return set()
     c = table.c
+    if conn.dialect.name == "postgresql":
+        # Lock the rows in id order first: another transaction updating several of them (a batch
+        # finishing its jobs, in id order) then cannot deadlock with this one.
+        conn.execute(sa.select(c.id).where(sa.tuple_(c.id, c.fence).in_(list(held))).order_by(c.id).with_for_update())
     stmt = (
         sa.update(table)
         .where(

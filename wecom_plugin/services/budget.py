@@ -90,7 +90,7 @@ def _conditional_upsert(n: int, spans_two_windows: bool) -> sa.TextClause:
 # spend (about 2 ms, most of a batched bulletin send's cost on PostgreSQL).
 _PG_ROWS = (
     "SELECT t.b, :start, {count} FROM unnest(CAST(:buckets AS varchar[]), CAST(:counts AS integer[])) AS t(b, n) "
-    "ORDER BY t.b"  # the fixed lock order (see merged)
+    'ORDER BY t.b COLLATE "C"'  # the fixed lock order: merged sorts by code point, as the C collation does
 )
 _PG_CREATE_AT_ZERO = sa.text(
     "INSERT INTO rate_counter (bucket, window_start, count) "

@@ -59,6 +59,10 @@ MEMBER = ChatMember.__table__
 # A call is made only this long before the lease renewed in the claim transaction could expire: the
 # local deadline is taken before that transaction began, and two clocks may drift a little.
 LEASE_MARGIN_SECONDS = 1.0
+# Recipients per budget grant (and per claim transaction); WeCom's corp minute is 20,000 person-times.
+PERSON_TIMES_PER_CHUNK = 5000
+RECORD_ATTEMPTS = 3
+SETTLEABLE = ("running", "done", "partial", "missed")  # run states a recorded outcome may settle (_settle_in)
 
 
 class _Refused(Exception):
@@ -72,6 +76,7 @@ class _Send:
     run_id: int
     bulletin_id: int
     version: int  # the bulletin's, as read
+    deadline: datetime  # the delivery's deadline_at: not called after it
     chatid: str
     rendered: Any  # bm.Rendered
     members: list[str]
@@ -93,11 +98,35 @@ def send_batch(ctxs: list[Any]) -> dict[int, bool]:
     row could be marked done; the outcomes are recorded all the same). Every other job is untouched."""
     if not ctxs:
         return {}
-    started = time.monotonic()
     plans = _read_plans(ctxs)
-    if not plans:
-        return {}
     lease_seconds = min(c.lease_seconds for c in ctxs)
+    finished: dict[int, bool] = {}
+    for chunk in _chunks(plans):
+        try:
+            finished.update(_send_chunk(chunk, lease_seconds))
+        except Exception:  # noqa: BLE001 - the jobs of this and later chunks go to the per-job handler
+            log.exception("bulletins.send batch: a chunk of %s jobs failed", len(chunk))
+            break
+    return finished
+
+
+def _chunks(plans: dict[int, list[_Send]]) -> list[dict[int, list[_Send]]]:
+    """The plans in chunks of at most PERSON_TIMES_PER_CHUNK recipients (at least one job each): one budget
+    grant for a batch of big chats could otherwise exceed the corp's minute and never be granted."""
+    chunks: list[dict[int, list[_Send]]] = []
+    size = 0
+    for job_id, sends in plans.items():
+        weight = sum(len(s.members) for s in sends)
+        if not chunks or size + weight > PERSON_TIMES_PER_CHUNK:
+            chunks.append({})
+            size = 0
+        chunks[-1][job_id] = sends
+        size += weight
+    return chunks
+
+
+def _send_chunk(plans: dict[int, list[_Send]], lease_seconds: float) -> dict[int, bool]:
+    started = time.monotonic()  # before the claim renews the leases: the local deadline errs early
     try:
         with db.engine.begin() as conn:
             _claim(conn, plans, lease_seconds)
@@ -106,11 +135,11 @@ def send_batch(ctxs: list[Any]) -> dict[int, bool]:
         return {}
     sends = [s for group in plans.values() for s in group]
     try:
-        _call(sends, ctxs[0], lease_seconds, started + lease_seconds - LEASE_MARGIN_SECONDS)
+        _call(sends, lease_seconds, started + lease_seconds - LEASE_MARGIN_SECONDS)
     finally:
         # Also when the calls were interrupted: what was called is recorded (the one in flight as
         # unknown), what was not loses its mark, and the worker hands the rest to the per-job handler.
-        finished = _record(plans)
+        finished = _record_retrying(plans)
     return finished
 
 
@@ -204,7 +233,9 @@ def _sends_of(ctx, run, row, deliveries, versions, calendar, groups, members, no
             rendered = bm.render(spec, bm.PATH_APPCHAT, context, confidential=confidential)
         except bm.BulletinMessageError:
             return []
-        sends.append(_Send(ctx, d.id, run.id, row.id, row.version, group.chatid, rendered, members[group.id]))
+        sends.append(
+            _Send(ctx, d.id, run.id, row.id, row.version, d.deadline_at, group.chatid, rendered, members[group.id])
+        )
     return sends
 
 
@@ -245,13 +276,16 @@ def _claim(conn: sa.Connection, plans: dict[int, list[_Send]], lease_seconds: fl
     # Last, so the budget's counter rows (the corp's are shared by every sender) are locked briefly.
     settings = next(iter(ctxs.values())).settings
     asks = [ask for sends in plans.values() for s in sends for ask in appchat.send_asks(s.members)]
-    grant = budget_for(conn.engine, settings).acquire_in(conn, asks)
+    try:
+        grant = budget_for(conn.engine, settings).acquire_in(conn, asks)
+    except ValueError as exc:  # more than a limit ever grants (a huge chat): one job at a time
+        raise _Refused(str(exc)) from None
     if not grant.ok:
         raise _Refused(f"budget: {grant.limit_name} for {grant.wait:.0f} s")
 
 
 # --- 3. call ----------------------------------------------------------------------------------------
-def _call(sends: list[_Send], first_ctx, lease_seconds: float, valid_until: float) -> None:
+def _call(sends: list[_Send], lease_seconds: float, valid_until: float) -> None:
     """Each send's call, behind the local lease deadline; fills in outcome, detail, state and values."""
     from wecom_plugin.services.wecom import client_for
     from wecom_plugin.wecom.api import appchat
@@ -264,8 +298,13 @@ def _call(sends: list[_Send], first_ctx, lease_seconds: float, valid_until: floa
         if time.monotonic() < deadline[0]:
             return
         began = time.monotonic()
-        with db.engine.begin() as conn:
-            held = claim.renew_all(conn, bd.JOB, [(c.job_id, c.fence) for c in live.values()], lease_seconds)
+        try:
+            with db.engine.begin() as conn:
+                held = claim.renew_all(conn, bd.JOB, [(c.job_id, c.fence) for c in live.values()], lease_seconds)
+        except sa.exc.SQLAlchemyError as exc:
+            # Before the request: nothing is sent, and no later call is made without a renewed lease.
+            live.clear()
+            raise LeaseLostError(f"leases could not be renewed: {describe_error(exc, 200)}") from None
         for job_id in set(live) - held:
             live.pop(job_id)
         deadline[0] = began + lease_seconds - LEASE_MARGIN_SECONDS
@@ -273,10 +312,12 @@ def _call(sends: list[_Send], first_ctx, lease_seconds: float, valid_until: floa
             raise LeaseLostError(f"job {current[0].job_id} lease lost (fence {current[0].fence})")
 
     # The budget was taken in the claim transaction: the client takes none again.
-    with client_for(first_ctx.app, guard=guard, budget=None) as client:
+    with client_for(sends[0].ctx.app, guard=guard, budget=None) as client:
         for s in sends:
             if s.ctx.job_id not in live:
                 continue  # its lease is lost: no further call; the mark is forgotten
+            if datetime.now(UTC) > s.deadline:
+                continue  # past its grace after the calls before it: the per-job handler records it missed
             current[0] = s.ctx
             sent_at = datetime.now(UTC)
             # Until the call answers, its outcome is unknown (recorded so if the calls are interrupted).
@@ -323,6 +364,33 @@ def _bound(values: dict[str, Any]) -> dict[str, Any]:
     return {f"_{key}": value for key, value in values.items()}
 
 
+def _record_retrying(plans: dict[int, list[_Send]]) -> dict[int, bool]:
+    """:func:`_record`, tried again on a database error (a lock timeout, a deadlock victim): if it never
+    commits, the per-job handler turns every mark of the batch ``unknown``, the sent and the unsent alike.
+    As a last resort the marks of the sends that were not made are forgotten on their own."""
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            return _record(plans)
+        except sa.exc.SQLAlchemyError as exc:
+            if attempt == RECORD_ATTEMPTS:
+                _forget_unmade(plans)
+                raise
+            log.warning("bulletins.send batch: recording failed (%s), trying again", describe_error(exc, 200))
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _forget_unmade(plans: dict[int, list[_Send]]) -> None:
+    from wecom_plugin.jobs.context import close_steps_in
+
+    unmade = [(s.ctx, s.step, None, None) for sends in plans.values() for s in sends if s.outcome is None]
+    try:
+        with db.engine.begin() as conn:
+            close_steps_in(conn, unmade)
+    except sa.exc.SQLAlchemyError:
+        log.exception("bulletins.send batch: could not forget %s marks of sends not made", len(unmade))
+
+
 # --- 4. record --------------------------------------------------------------------------------------
 def _record(plans: dict[int, list[_Send]]) -> dict[int, bool]:
     """One transaction: steps, deliveries, runs and jobs. Outcomes are recorded even for a job whose
@@ -345,13 +413,17 @@ def _record(plans: dict[int, list[_Send]]) -> dict[int, bool]:
                 sa.update(d)
                 .where(d.c.id == sa.bindparam("_id"))
                 .values(
+                    # A field the outcome does not give keeps its value, as the per-job _finish leaves it.
                     state=sa.bindparam("_state"),
                     updated_at=sa.bindparam("_now"),
-                    errcode=sa.bindparam("_errcode"),
-                    msgid=sa.bindparam("_msgid"),
-                    sent_at=sa.bindparam("_sent_at"),
-                    reason=sa.bindparam("_reason"),
-                ),  # fmt: skip
+                    errcode=sa.func.coalesce(sa.bindparam("_errcode", type_=d.c.errcode.type), d.c.errcode),
+                    msgid=sa.func.coalesce(sa.bindparam("_msgid", type_=d.c.msgid.type), d.c.msgid),
+                    sent_at=sa.func.coalesce(sa.bindparam("_sent_at", type_=d.c.sent_at.type), d.c.sent_at),
+                    reason=sa.case(
+                        (sa.bindparam("_reason", type_=d.c.reason.type) == "", d.c.reason),
+                        else_=sa.bindparam("_reason", type_=d.c.reason.type),
+                    ),
+                ),
                 updates,
             )
         settled, done = [], []
@@ -368,7 +440,11 @@ def _record(plans: dict[int, list[_Send]]) -> dict[int, bool]:
         if settled:
             conn.execute(
                 sa.update(bd.RUN)
-                .where(bd.RUN.c.id == sa.bindparam("_id"), bd.RUN.c.state == "running")
+                # As _settle_in: a takeover may have settled the run from an outcome this batch now records.
+                .where(
+                    bd.RUN.c.id == sa.bindparam("_id"),
+                    sa.or_(*(bd.RUN.c.state == sa.literal_column(f"'{state}'") for state in SETTLEABLE)),
+                )
                 .values(state=sa.bindparam("_state"), finished_at=now),
                 settled,
             )

@@ -54,8 +54,8 @@ def _create_at_zero(n: int) -> sa.TextClause:
     """``INSERT .. ON CONFLICT DO NOTHING`` of ``n`` counters at zero, bound by name (``b0``.., ``start``).
 
     Written as text, built once per shape: SQLAlchemy gives a multi-row ``VALUES`` no cache key and
-    compiled it anew on every call (0.8-1 ms for 30 rows, a third of a bulletin's CPU). The SQL is the
-    same on SQLite (3.35+) and PostgreSQL."""
+    compiled it anew on every call (0.8-1 ms for 30 rows, a third of a bulletin's CPU). SQLite (3.35+);
+    PostgreSQL uses the array form below."""
     # Only placeholders are interpolated (names built from integers); every value is bound.
     values = ", ".join(f"(:b{i}, :start, 0)" for i in range(n))
     return sa.text(
@@ -64,24 +64,29 @@ def _create_at_zero(n: int) -> sa.TextClause:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _conditional_upsert(n: int, spans_two_windows: bool) -> sa.TextClause:
-    """The spend of ``n`` counters of one window (see the module docstring), bound by name: ``b<i>`` and
-    ``n<i>`` per counter, ``start``, ``allowed`` and (two windows) ``previous_start``. Text for the
-    reason :func:`_create_at_zero` gives."""
-    # Only placeholders are interpolated (names built from integers); every value is bound.
-    values = ", ".join(f"(:b{i}, :start, :n{i})" for i in range(n))
-    previous = (
-        " + COALESCE((SELECT SUM(previous.count) FROM rate_counter AS previous"
-        " WHERE previous.bucket = rate_counter.bucket AND previous.window_start = :previous_start), 0)"
-        if spans_two_windows
-        else ""
-    )
+_PREVIOUS_WINDOW = (
+    " + COALESCE((SELECT SUM(previous.count) FROM rate_counter AS previous"
+    " WHERE previous.bucket = rate_counter.bucket AND previous.window_start = :previous_start), 0)"
+)
+
+
+def _upsert(rows: str, spans_two_windows: bool) -> sa.TextClause:
+    """The spend (see the module docstring) of the counters ``rows`` gives (a ``VALUES`` list or a ``SELECT``),
+    returning the buckets that had room."""
+    previous = _PREVIOUS_WINDOW if spans_two_windows else ""
     return sa.text(
-        f"INSERT INTO rate_counter (bucket, window_start, count) VALUES {values} "  # noqa: S608
+        f"INSERT INTO rate_counter (bucket, window_start, count) {rows} "  # noqa: S608 - placeholders only
         "ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_counter.count + excluded.count "
         f"WHERE rate_counter.count{previous} + excluded.count <= :allowed RETURNING rate_counter.bucket"
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _conditional_upsert(n: int, spans_two_windows: bool) -> sa.TextClause:
+    """The spend of ``n`` counters of one window, bound by name: ``b<i>`` and ``n<i>`` per counter, ``start``,
+    ``allowed`` and (two windows) ``previous_start``. Text for the reason :func:`_create_at_zero` gives."""
+    # Only placeholders are interpolated (names built from integers); every value is bound.
+    return _upsert("VALUES " + ", ".join(f"(:b{i}, :start, :n{i})" for i in range(n)), spans_two_windows)
 
 
 # PostgreSQL: the same statements with the counters as two arrays (``unnest``), so the SQL text is one short
@@ -105,18 +110,8 @@ _PG_BLOCKED = sa.text(
 
 @functools.lru_cache(maxsize=4)
 def _pg_conditional_upsert(spans_two_windows: bool) -> sa.TextClause:
-    previous = (
-        " + COALESCE((SELECT SUM(previous.count) FROM rate_counter AS previous"
-        " WHERE previous.bucket = rate_counter.bucket AND previous.window_start = :previous_start), 0)"
-        if spans_two_windows
-        else ""
-    )
-    return sa.text(
-        "INSERT INTO rate_counter (bucket, window_start, count) "
-        + _PG_ROWS.format(count="t.n")
-        + " ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_counter.count + excluded.count "
-        f"WHERE rate_counter.count{previous} + excluded.count <= :allowed RETURNING rate_counter.bucket"
-    )
+    """:func:`_conditional_upsert` on PostgreSQL: the counters as the arrays ``buckets`` and ``counts``."""
+    return _upsert(_PG_ROWS.format(count="t.n"), spans_two_windows)
 
 
 class DbBudget(LimitTable):

@@ -163,6 +163,17 @@ def test_a_refused_budget_rolls_the_whole_batch_back(tenant_app, emulator):
     assert (f"d{waiting.id}", "sending") not in _steps(tenant_app)
     assert [d.state for d in deliveries(tenant_app, first_id)] == ["sent"]
 
+    # The minute passes (the member's counter is gone): the job that waited, its delivery claimed by itself
+    # before the wait, goes in a batch again.
+    with tenant_app.app_context():
+        db.session.execute(sa.text("DELETE FROM rate_counter WHERE bucket LIKE '%appchat.send%'"))
+        db.session.commit()
+    release_ready_jobs(tenant_app)
+    run_worker(tenant_app)
+    assert len(chat_messages(emulator, second_chat)) == 1
+    assert [d.state for d in deliveries(tenant_app, second_id)] == ["sent"]
+    assert _send_jobs(tenant_app)[1].result == {"deliveries": {"sent": 1}, "batch": 1}
+
 
 def test_a_delivery_another_job_claimed_is_not_sent_by_the_batch(tenant_app, emulator):
     """Between the batch's read and its claim another job (an occurrence job retaken after its time, say)

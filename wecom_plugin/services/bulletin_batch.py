@@ -17,14 +17,15 @@ late. This handler does the same work for the whole batch in three short transac
    job whose lease is lost makes no further call);
 4. one write: the steps' and deliveries' outcomes, the runs settled, the jobs done.
 
-It takes only the common case: a run that has not started, every delivery of it a pending app chat due
-at its time and within its grace, outside quiet windows, with a known member list, and a message that
-renders. Anything else (a veto, a robot or message/send target, a quiet window, a retry, a schedule edited
-since the clock materialised the occurrence) is left to the per-job handler, which then finds the job
-untouched. The at-most-once rules are the per-job ones: a step marked ``sending`` whose outcome was not
-recorded ends ``unknown`` when its job is next run, never sent again; a call that proved nothing was
-applied (a refused connection, WeCom's 45009) forgets its mark and goes to the per-job handler, which
-tries it again with its own error handling (backoff, 45009 blocks in the budget).
+It takes only the common case: a job that has made no step yet, whose run's deliveries are all pending app
+chats (unclaimed, or claimed by this job before a budget wait), due at its time and within their grace,
+outside quiet windows, with a known member list, and a message that renders. Anything else (a veto, a robot
+or message/send target, a quiet window, a job an earlier holder left mid-send, a schedule edited since the
+clock materialised the occurrence) is left to the per-job handler, which then finds the job untouched.
+The at-most-once rules are the per-job ones: a step marked ``sending`` whose outcome was not recorded
+ends ``unknown`` when its job is next run, never sent again; a call that proved nothing was applied (a
+refused connection, WeCom's 45009) forgets its mark and goes to the per-job handler, which tries it again
+with its own error handling (backoff, 45009 blocks in the budget).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from wecom_plugin.jobs.context import StepOutcome
 from wecom_plugin.models.bulletins import Bulletin
 from wecom_plugin.models.dbtime import db_now
 from wecom_plugin.models.groups import ChatMember, GovernedGroup
+from wecom_plugin.models.jobs import JobStep
 from wecom_plugin.runtime import claim
 from wecom_plugin.services import bulletin_delivery as bd
 from wecom_plugin.services import bulletins
@@ -56,6 +58,7 @@ log = logging.getLogger("wecom_plugin.bulletins")
 BULLETIN = Bulletin.__table__
 GROUP = GovernedGroup.__table__
 MEMBER = ChatMember.__table__
+STEP = JobStep.__table__
 # A call is made only this long before the lease renewed in the claim transaction could expire: the
 # local deadline is taken before that transaction began, and two clocks may drift a little.
 LEASE_MARGIN_SECONDS = 1.0
@@ -148,7 +151,7 @@ def _read_plans(ctxs: list[Any]) -> dict[int, list[_Send]]:
     """{job id: its sends} for the jobs this batch can take (see the module docstring), read without a lock."""
     from wecom_plugin.services.workday_calendar import load_calendar
 
-    candidates = [c for c in ctxs if c.attempt == 1 and c.payload.get("prepared_for") and c.payload.get("run_id")]
+    candidates = [c for c in ctxs if c.payload.get("prepared_for") and c.payload.get("run_id")]
     if not candidates:
         return {}
     settings = candidates[0].settings
@@ -157,6 +160,14 @@ def _read_plans(ctxs: list[Any]) -> dict[int, list[_Send]]:
         conn = conn.execution_options(sqlite_begin="DEFERRED")
         with conn.begin():
             now = db_now(conn)
+            # A job with a step already (an earlier holder got as far as a call) is the per-job handler's: only
+            # its steps know what happened.
+            stepped = set(
+                conn.execute(
+                    sa.select(STEP.c.job_id).where(STEP.c.job_id.in_([c.job_id for c in candidates]))
+                ).scalars()
+            )
+            candidates = [c for c in candidates if c.job_id not in stepped]
             runs = {r.id: r for r in conn.execute(sa.select(bd.RUN).where(bd.RUN.c.id.in_(run_ids)))}
             by_run: dict[int, list[Any]] = defaultdict(list)
             for d in conn.execute(sa.select(bd.DELIVERY).where(bd.DELIVERY.c.run_id.in_(run_ids))):
@@ -220,7 +231,7 @@ def _sends_of(ctx, run, row, deliveries, versions, calendar, groups, members, no
     for d in deliveries:
         group = groups.get(_chat_id(d.target))
         if (
-            d.state != "pending" or d.job_id is not None or d.attempt != 1 or d.due_at != scheduled
+            d.state != "pending" or d.job_id not in (None, ctx.job_id) or d.attempt != 1 or d.due_at != scheduled
             or now > d.deadline_at or group is None or group.id not in chats or group.status != "active"
             or not group.chatid or not members.get(group.id)
         ):  # fmt: skip
@@ -265,7 +276,12 @@ def _claim(conn: sa.Connection, plans: dict[int, list[_Send]], lease_seconds: fl
     claimed = set(
         conn.execute(
             sa.update(bd.DELIVERY)
-            .where(bd.DELIVERY.c.id.in_(owner), bd.DELIVERY.c.state == "pending", bd.DELIVERY.c.job_id.is_(None))
+            .where(
+                bd.DELIVERY.c.id.in_(owner),
+                bd.DELIVERY.c.state == "pending",
+                # unclaimed, or claimed by the same job before a budget wait
+                sa.or_(bd.DELIVERY.c.job_id.is_(None), bd.DELIVERY.c.job_id == sa.case(owner, value=bd.DELIVERY.c.id)),
+            )
             .values(job_id=sa.case(owner, value=bd.DELIVERY.c.id))
             .returning(bd.DELIVERY.c.id)
         ).scalars()

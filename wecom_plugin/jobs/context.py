@@ -182,29 +182,6 @@ class JobContext:
         self._update_own_step(target, "done", _detail(value))
         return StepResult(StepOutcome.DONE, value)
 
-    # --- the same, for a batch handler (see registry.JobType.batch_handler) ------------------------
-    def close_step_in(
-        self, conn: sa.Connection, target: str, outcome: StepOutcome, detail: dict[str, Any] | None
-    ) -> None:
-        """Record how a step marked by :func:`mark_sending_in` ended: DONE, FAILED or UNKNOWN (alerted).
-        ``None`` as outcome forgets the mark: the call proved nothing was applied, the target may be tried
-        again. Only this holder's own mark is touched (a takeover's ``unknown`` stays)."""
-        target = str(target)[:255]
-        if outcome == StepOutcome.UNKNOWN:
-            self._mark_unknown(conn, target, self.fence, str((detail or {}).get("why", "")))
-            return
-        own = sa.and_(
-            STEP.c.job_id == self.job_id, STEP.c.target == target, STEP.c.fence == self.fence, STEP.c.state == "sending"
-        )
-        if outcome is None:
-            conn.execute(sa.delete(STEP).where(own))
-        else:
-            conn.execute(sa.update(STEP).where(own).values(state=outcome.value, detail=detail, updated_at=utcnow()))
-
-    def finish_in(self, conn: sa.Connection, result: dict[str, Any] | None) -> bool:
-        """Mark the job done in the caller's transaction (fenced); False if its lease was lost."""
-        return finish_all_in(conn, [(self, result)])[self.job_id]
-
     def abandon_sending_steps(self, why: str) -> int:
         """Mark every step left ``sending`` by an earlier holder ``unknown`` (with the alert)."""
         with self._engine.begin() as conn:
@@ -295,8 +272,10 @@ def mark_sending_in(conn: sa.Connection, marks: list[tuple[JobContext, str]]) ->
 def close_steps_in(
     conn: sa.Connection, closes: list[tuple[JobContext, str, StepOutcome | None, dict[str, Any] | None]]
 ) -> None:
-    """:meth:`JobContext.close_step_in` for many steps: one statement per kind of outcome (an ``unknown``
-    one each, with its alert)."""
+    """Record how steps marked by :func:`mark_sending_in` ended: DONE or FAILED (one statement for all),
+    UNKNOWN (one each, with its alert), or None, which forgets the mark: the call proved nothing was
+    applied and the target may be tried again. Only each holder's own mark is touched (a takeover's
+    ``unknown`` stays)."""
     now = utcnow()
     own = sa.and_(
         STEP.c.job_id == sa.bindparam("_job"), STEP.c.target == sa.bindparam("_target"),
@@ -306,7 +285,7 @@ def close_steps_in(
     for ctx, target, outcome, detail in closes:
         key = {"_job": ctx.job_id, "_target": str(target)[:255], "_fence": ctx.fence}
         if outcome == StepOutcome.UNKNOWN:
-            ctx.close_step_in(conn, target, outcome, detail)
+            ctx._mark_unknown(conn, key["_target"], ctx.fence, str((detail or {}).get("why", "")))
         elif outcome is None:
             forgets.append(key)
         else:

@@ -204,7 +204,8 @@ class Worker:
                     done = {}
                 finally:
                     db.session.remove()
-            finished.update({job_id: ok for job_id, ok in done.items() if job_id in {c.id for c in items}})
+            ids = {c.id for c in items}
+            finished.update({job_id: ok for job_id, ok in done.items() if job_id in ids})
         for job_id, ok in finished.items():
             if ok:
                 self.jobs_done += 1

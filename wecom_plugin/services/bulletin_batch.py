@@ -36,7 +36,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -218,14 +217,12 @@ def _sends_of(ctx, run, row, deliveries, versions, calendar, groups, members, no
     scheduled = datetime.fromisoformat(ctx.payload["prepared_for"])
     if run is None or run.state != "running" or row is None or row.state != "active" or not deliveries:
         return []
-    snapshot = run.snapshot or {}
-    local = scheduled.astimezone(ZoneInfo(snapshot.get("timezone", row.timezone)))
+    spec, confidential, zone = bd.snapshot_message(run, row)
+    local = scheduled.astimezone(zone)
     if bulletin_schedule.day_verdict(row.schedule, local.date(), calendar).state != bulletin_schedule.YES:
         return []
     if "spec_version" in ctx.payload and versions.get(bulletins.schedule_key(row.id)) != ctx.payload["spec_version"]:
         return []  # edited since materialised: the per-job handler judges whether the time was kept
-    spec = bm.MessageSpec.from_doc(snapshot.get("message", row.message))
-    confidential = snapshot.get("confidential", row.confidential)
     chats = set(row.targets.get("chats", []))
     sends = []
     for d in deliveries:
@@ -236,7 +233,7 @@ def _sends_of(ctx, run, row, deliveries, versions, calendar, groups, members, no
             or not group.chatid or not members.get(group.id)
         ):  # fmt: skip
             return []
-        target = bd._Target(d.target, tuple(ctx.settings.bulletin_quiet_windows) + tuple(group.quiet_windows or ()))
+        target = bd.chat_target(group.id, group.quiet_windows, ctx.settings)
         if bd._quiet(target, row.quiet_policy, now, ctx.settings) != bd._Quiet("pending"):
             return []
         context = bm.template_context(local, group_name=group.name, bulletin_name=row.name)

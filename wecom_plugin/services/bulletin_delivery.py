@@ -340,7 +340,7 @@ def targets_of(session, row: Bulletin, settings) -> list[_Target]:
             )
         }
         for gid in chat_ids:
-            out.append(_Target(f"chat:{gid}", global_quiet + tuple(quiet.get(gid) or ())))
+            out.append(chat_target(gid, quiet.get(gid), settings))
     for robot in row.targets.get("robots", []):
         out.append(_Target(f"robot:{robot['name']}", global_quiet))
     users = row.targets.get("users", [])
@@ -349,6 +349,19 @@ def targets_of(session, row: Bulletin, settings) -> list[_Target]:
         for n in range(chunks):
             out.append(_Target(f"message:{n}", global_quiet))
     return out
+
+
+def chat_target(group_id: int, group_windows, settings) -> _Target:
+    """A governed chat as a target: BULLETIN_QUIET_WINDOWS, then its registry entry's own windows."""
+    return _Target(f"chat:{group_id}", tuple(settings.bulletin_quiet_windows) + tuple(group_windows or ()))
+
+
+def snapshot_message(run, row: Bulletin) -> tuple[bm.MessageSpec, bool, ZoneInfo]:
+    """The message, confidentiality and zone a run sends with: its snapshot, taken when it opened (the
+    bulletin's own for a run without one)."""
+    snapshot = run.snapshot if run is not None and run.snapshot else {}
+    spec = bm.MessageSpec.from_doc(snapshot.get("message", row.message))
+    return spec, snapshot.get("confidential", row.confidential), ZoneInfo(snapshot.get("timezone", row.timezone))
 
 
 @dataclass(frozen=True)
@@ -606,10 +619,8 @@ class _Sender:
     def _plan(self, session, row: Bulletin, run, d) -> _Plan | str:
         """Everything the call needs, read before it (no transaction stays open across a WeCom call).
         The message is the one the occurrence opened with (its snapshot)."""
-        snapshot = run.snapshot if run is not None and run.snapshot else {}
-        spec = bm.MessageSpec.from_doc(snapshot.get("message", row.message))
-        confidential = snapshot.get("confidential", row.confidential)
-        local = d.scheduled_at.astimezone(ZoneInfo(snapshot.get("timezone", row.timezone)))
+        spec, confidential, zone = snapshot_message(run, row)
+        local = d.scheduled_at.astimezone(zone)
         kind, _, ref = d.target.partition(":")
         members: list[str] = []
         if kind == "chat":
